@@ -1,0 +1,71 @@
+# Everything a user types. `make help` lists the targets.
+#
+#   make train PROJECT=mnist trainer.max_epochs=3 'model.net.width=64'
+#   make train PROJECT=mnist ARGS='-m model.optimizer.lr=0.001,0.01'
+#   make train PROJECT=mnist data.synthetic=true DRY=1     # print the Hydra command, run nothing
+#
+# key=value words go to Hydra unchanged and in the order typed (common/launcher.py reads them
+# from MAKEFLAGS); UPPERCASE words are make's own: PROJECT, ARGS, DRY, PORT.
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PROJECT ?= mnist
+ARGS ?=
+PORT ?= 6006
+export PROJECT ARGS DRY
+
+.DEFAULT_GOAL := help
+.PHONY: help install train eval test test-all bench lint format list tensorboard clean
+
+help: ## Show this help
+	@echo "Usage: make <target> [PROJECT=<name>] [key=value ...] [ARGS='<other hydra args>'] [DRY=1]"
+	@echo
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
+	@echo
+	@echo "Projects (PROJECT=...):"
+	@$(PY) -m common.launcher list 2>/dev/null | sed 's/^/  /' || echo "  (run make install first)"
+
+install: $(VENV)/.installed ## Create .venv and install the repo with its dev tools (fast when done)
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+	@echo "installed into $(VENV)"
+
+$(PY):
+	@echo "error: $(VENV) is missing: run 'make install' first" >&2; exit 1
+
+train: $(PY) ## Train a project: make train PROJECT=<name> key=value ...
+	@$(PY) -m common.launcher train
+
+eval: $(PY) ## Test a checkpoint: make eval PROJECT=<name> ckpt_path=<file|last>
+	@$(PY) -m common.launcher eval
+
+test: $(PY) ## The suite CI runs (minutes on 2 CPU cores)
+	$(PY) -m pytest -m "not slow" $(ARGS)
+
+test-all: $(PY) ## Every test, the slow process-level ones included
+	$(PY) -m pytest $(ARGS)
+
+bench: $(PY) ## Benchmarks: Lightning stack vs plain loop, tensor loader vs DataLoader
+	$(PY) -m benchmarks.stack $(ARGS)
+	$(PY) -m benchmarks.loaders $(ARGS)
+
+lint: $(PY) ## Ruff lint and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(PY) ## Apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+list: $(PY) ## The projects, one line each
+	@$(PY) -m common.launcher list
+
+tensorboard: $(PY) ## Serve logs/ in TensorBoard on port 6006 (PORT=...)
+	$(VENV)/bin/tensorboard --logdir logs --port $(PORT) --bind_all
+
+clean: ## Remove logs and caches (keeps .venv and data)
+	rm -rf logs .pytest_cache .ruff_cache

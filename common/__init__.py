@@ -1,0 +1,1 @@
+"""The shared layer: entry points, datamodules, callbacks and helpers used by every project."""

@@ -1,0 +1,52 @@
+"""Evaluate a checkpoint on a project's test set: `python -m common.eval project=mnist ckpt_path=...`.
+
+The model is rebuilt from the config stored in the checkpoint (so training overrides such as
+`model.net.width=64` need not be repeated); data, trainer and loggers come from this command line.
+"""
+
+import hydra
+from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_info
+from omegaconf import DictConfig, OmegaConf
+
+from common.errors import UserError, exit_on_user_error
+from common.instantiate import instantiate_callbacks, instantiate_loggers, print_config_tree
+from common.resolvers import register_resolvers
+from common.runs import load_checkpoint, resolve_ckpt_path, save_run_files
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Test the checkpoint `cfg.ckpt_path`; return the test metrics."""
+    ckpt_path = resolve_ckpt_path(cfg)
+    if ckpt_path is None:
+        raise UserError("eval needs a checkpoint: ckpt_path=<file>, or ckpt_path=last")
+    saved = load_checkpoint(ckpt_path).get("config") or {}
+    if saved.get("name", cfg.name) != cfg.name:
+        raise UserError(
+            f"{ckpt_path} was trained by project '{saved['name']}', not '{cfg.name}': "
+            f"run it with PROJECT={saved['name']}"
+        )
+    model_cfg = OmegaConf.create(saved["model"]) if "model" in saved else cfg.model
+    if cfg.get("print_config"):
+        print_config_tree(cfg)
+    save_run_files(cfg, cfg.paths.output_dir)
+
+    datamodule = instantiate(cfg.data)
+    model = instantiate(model_cfg)
+    trainer = instantiate(
+        cfg.trainer, callbacks=instantiate_callbacks(cfg), logger=instantiate_loggers(cfg)
+    )
+    trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    rank_zero_info(f"run directory: {cfg.paths.output_dir}")
+    return {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="eval")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    register_resolvers()
+    main()

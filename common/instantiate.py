@@ -1,0 +1,43 @@
+"""Build the lists of callbacks and loggers from config, and show the config."""
+
+from collections.abc import Iterable
+
+import rich
+import rich.syntax
+import rich.tree
+from hydra.utils import instantiate
+from lightning.pytorch import Callback
+from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+
+def instantiate_all(group: DictConfig | None) -> list:
+    """Instantiate every entry of a dict-shaped group (`callbacks`, `logger`); null entries are off."""
+    if not group:
+        return []
+    return [instantiate(node) for node in group.values() if node is not None and "_target_" in node]
+
+
+def instantiate_callbacks(cfg: DictConfig) -> list[Callback]:
+    return instantiate_all(cfg.get("callbacks"))
+
+
+def instantiate_loggers(cfg: DictConfig) -> list[Logger]:
+    return instantiate_all(cfg.get("logger"))
+
+
+@rank_zero_only
+def print_config_tree(cfg: DictConfig, order: Iterable[str] = ("data", "model", "trainer")) -> None:
+    """Print the composed config as a tree: one branch per group, main groups first, then scalars."""
+    tree = rich.tree.Tree("config", style="dim", guide_style="dim")
+    groups = [k for k in order if k in cfg] + [
+        k for k in cfg if k not in order and isinstance(cfg[k], DictConfig)
+    ]
+    scalars = {k: cfg[k] for k in cfg if not isinstance(cfg[k], DictConfig)}
+    for key in groups:
+        yaml_text = OmegaConf.to_yaml(cfg[key], resolve=True)
+        tree.add(str(key), style="bold").add(rich.syntax.Syntax(yaml_text, "yaml", theme="ansi_dark"))
+    yaml_text = OmegaConf.to_yaml(OmegaConf.create(scalars), resolve=True)
+    tree.add("run", style="bold").add(rich.syntax.Syntax(yaml_text, "yaml", theme="ansi_dark"))
+    rich.print(tree)

@@ -1,0 +1,110 @@
+"""What `make train|eval` runs: turn make's command line into a Hydra command, then exec it.
+
+GNU make keeps command-line `key=value` words in the MAKEFLAGS environment variable, after
+` -- `, newest first, with spaces escaped as `\\ `, backslashes doubled and `$` doubled. This
+parser undoes that, so `make train PROJECT=vit a.b=1 'c=[0,1]' 'd=x y'` reaches Hydra exactly as
+typed. UPPERCASE words are make's own (PROJECT, ARGS, DRY); everything else goes to Hydra.
+
+Kept free of torch imports so errors here (unknown project) come back instantly.
+"""
+
+import os
+import re
+import shlex
+import sys
+from pathlib import Path
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+ENTRY_POINTS = {"train": "common.train", "eval": "common.eval"}
+
+
+def projects() -> dict[str, str]:
+    """Project name -> one-line description (the file's first comment after the package line)."""
+    found = {}
+    for path in sorted((CONFIGS / "project").glob("*.yaml")):
+        comments = [
+            line.lstrip("# ").strip()
+            for line in path.read_text().splitlines()
+            if line.startswith("#") and "@package" not in line
+        ]
+        found[path.stem] = comments[0] if comments else ""
+    return found
+
+
+def makeflags_overrides(makeflags: str) -> list[str]:
+    """The `key=value` words of a MAKEFLAGS string, unescaped, in the order they were typed."""
+    if " -- " in f" {makeflags}":
+        assignments = f" {makeflags}".split(" -- ", 1)[1]
+    else:
+        return []
+    words, current, i = [], [], 0
+    while i < len(assignments):
+        ch = assignments[i]
+        if ch == "\\" and i + 1 < len(assignments):
+            current.append(assignments[i + 1])
+            i += 2
+            continue
+        if ch == "$" and assignments[i + 1 : i + 2] == "$":
+            current.append("$")
+            i += 2
+            continue
+        if ch == " ":
+            if current:
+                words.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+        i += 1
+    if current:
+        words.append("".join(current))
+    return list(reversed(words))  # make stores the newest first
+
+
+def is_make_variable(word: str) -> bool:
+    name = word.split("=", 1)[0]
+    return bool(re.fullmatch(r"[A-Z][A-Z0-9_]*", name))
+
+
+def build_command(task: str, project: str, overrides: list[str], args: str) -> list[str]:
+    return [sys.executable, "-m", ENTRY_POINTS[task], f"project={project}", *overrides, *shlex.split(args)]
+
+
+def main(argv: list[str]) -> int:
+    task = argv[0] if argv else ""
+    if task == "list":
+        known = projects()
+        width = max(map(len, known), default=0)
+        for name, description in known.items():
+            print(f"{name:<{width}}  {description}")
+        return 0
+    if task not in ENTRY_POINTS:
+        print(f"usage: python -m common.launcher {{{','.join(ENTRY_POINTS)},list}}", file=sys.stderr)
+        return 2
+
+    project = os.environ.get("PROJECT", "mnist")
+    known = projects()
+    if project not in known:
+        print(
+            f"error: unknown project '{project}'. Valid projects: {', '.join(known)} "
+            "(`make list` describes them)",
+            file=sys.stderr,
+        )
+        return 2
+    words = makeflags_overrides(os.environ.get("MAKEFLAGS", ""))
+    overrides = [w for w in words if not is_make_variable(w)]
+    try:
+        command = build_command(task, project, overrides, os.environ.get("ARGS", ""))
+    except ValueError as err:  # shlex: unbalanced quotes in ARGS
+        print(f"error: cannot parse ARGS: {err}", file=sys.stderr)
+        return 2
+    shown = shlex.join(["python", *command[1:]])
+    if os.environ.get("DRY"):
+        print(shown)
+        return 0
+    print(f"$ {shown}", file=sys.stderr)
+    sys.stdout.flush()
+    os.execv(command[0], command)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

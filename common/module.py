@@ -1,0 +1,50 @@
+"""The part of configure_optimizers that every project shares."""
+
+import inspect
+import math
+from collections.abc import Callable
+
+import lightning as L
+import torch
+
+
+class TemplateModule(L.LightningModule):
+    """A LightningModule whose optimizer and scheduler come from config as partials.
+
+    `optimizer` is called with the parameters; `scheduler` (or None) with the optimizer, and with
+    `total_steps` when it takes one (OneCycleLR, `common.optim.warmup_cosine`): such schedulers
+    step every batch, others every epoch.
+    """
+
+    def __init__(self, optimizer: Callable, scheduler: Callable | None = None):
+        super().__init__()
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        per_step = "total_steps" in inspect.signature(self.scheduler_factory).parameters
+        kwargs = {}
+        if per_step and "total_steps" not in getattr(self.scheduler_factory, "keywords", {}):
+            kwargs["total_steps"] = self.trainer.estimated_stepping_batches
+        scheduler = self.scheduler_factory(optimizer=optimizer, **kwargs)
+        interval = "step" if per_step else "epoch"
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
+
+
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_fraction: float = 0.05, min_lr_ratio: float = 0.0
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup then cosine decay to `min_lr_ratio` of the base learning rate, per step."""
+    warmup = max(1, int(warmup_fraction * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+        return min_lr_ratio + (1.0 - min_lr_ratio) * cosine
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

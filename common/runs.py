@@ -1,0 +1,102 @@
+"""Run directories: what a launch leaves behind, and how a later launch finds it again."""
+
+import platform
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import lightning as L
+import torch
+import yaml
+from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from common.errors import UserError
+from common.resolvers import REPO_ROOT
+
+
+def git_state() -> dict:
+    """Commit and dirty flag of the checkout the code runs from ({} outside git)."""
+
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True)
+        if out.returncode != 0:
+            raise OSError(out.stderr)
+        return out.stdout.strip()
+
+    try:
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
+    except OSError:
+        return {}
+
+
+@rank_zero_only
+def save_run_files(cfg: DictConfig, output_dir: str) -> None:
+    """Write the resolved config and how the run was launched into the run directory.
+
+    Hydra already keeps the unresolved config and the overrides in `.hydra/`; `config.yaml` here
+    is the resolved one a reader can trust, and `run.yaml` says what code and command made it.
+    """
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    info = {
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "overrides": overrides,
+        "git": git_state(),
+        "started": datetime.now().isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "versions": {
+            "python": platform.python_version(),
+            "torch": str(torch.__version__),
+            "lightning": L.__version__,
+        },
+    }
+    with open(out / "run.yaml", "w") as f:
+        yaml.safe_dump(info, f, sort_keys=False)
+
+
+def find_last_checkpoint(log_dir: str, name: str, exclude: str | None = None) -> str:
+    """The newest `last.ckpt` among this project's earlier runs (`ckpt_path=last`)."""
+    root = Path(log_dir) / name
+    found = [
+        p
+        for p in root.glob("**/checkpoints/last.ckpt")
+        if exclude is None or Path(exclude).resolve() not in p.resolve().parents
+    ]
+    if not found:
+        raise UserError(
+            f"ckpt_path=last: no earlier run of '{name}' has a checkpoints/last.ckpt under {root}. "
+            "Train first, or pass ckpt_path=<file>."
+        )
+    return str(max(found, key=lambda p: p.stat().st_mtime))
+
+
+def load_checkpoint(path: str) -> dict:
+    """Load a checkpoint with torch's safe loader; a missing or corrupt file is a user error."""
+    if not Path(path).is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        # mmap: the check costs next to nothing even for a large checkpoint.
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # torch raises several types for truncated or foreign files
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(
+            f"cannot load checkpoint {path}: {first_line}. Is it a Lightning .ckpt written by "
+            "this repo's `make train`?"
+        ) from err
+
+
+def resolve_ckpt_path(cfg: DictConfig) -> str | None:
+    """`ckpt_path` from the config, with `last` meaning this project's newest last.ckpt; checked."""
+    path = cfg.get("ckpt_path")
+    if not path:
+        return None
+    if path == "last":
+        path = find_last_checkpoint(cfg.paths.log_dir, cfg.name, exclude=cfg.paths.output_dir)
+        rank_zero_info(f"ckpt_path=last: {path}")
+    load_checkpoint(path)
+    return str(path)

@@ -1,0 +1,76 @@
+"""Train a project: `python -m common.train project=mnist trainer.max_epochs=5` (or `make train`).
+
+Seed, build data, model, callbacks, loggers and trainer from the config, fit, test the best
+checkpoint, and return the monitored score so Hydra sweepers can optimize it.
+"""
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from omegaconf import DictConfig, OmegaConf
+
+from common.callbacks import ConfigInCheckpoint
+from common.errors import UserError, exit_on_user_error
+from common.instantiate import instantiate_callbacks, instantiate_loggers, print_config_tree
+from common.resolvers import register_resolvers
+from common.runs import resolve_ckpt_path, save_run_files
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit and test one run; return its final metrics plus `score`, the best monitored value."""
+    if not (cfg.get("train") or cfg.get("test")):
+        raise UserError("train=false and test=false leaves nothing to do")
+    if not cfg.get("train") and not cfg.get("ckpt_path"):
+        raise UserError("train=false tests a checkpoint: give ckpt_path=<file> or ckpt_path=last")
+    which = cfg.get("test_ckpt", "best")
+    if which not in ("best", "last"):
+        raise UserError(f"test_ckpt={which!r} is not one of best, last")
+    L.seed_everything(cfg.seed, workers=True)
+    if cfg.get("print_config"):
+        print_config_tree(cfg)
+    save_run_files(cfg, cfg.paths.output_dir)
+    ckpt_path = resolve_ckpt_path(cfg)
+
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    callbacks = [*instantiate_callbacks(cfg), ConfigInCheckpoint(resolved)]
+    loggers = instantiate_loggers(cfg)
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    for logger in loggers:
+        logger.log_hyperparams(resolved)
+
+    metrics: dict[str, float] = {}
+    if cfg.get("train"):
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+    checkpoint = trainer.checkpoint_callback
+    best = checkpoint.best_model_path if checkpoint is not None else ""
+    score = checkpoint.best_model_score if checkpoint is not None else None
+    metrics["score"] = float(score) if score is not None else metrics.get(cfg.monitor, float("nan"))
+
+    if cfg.get("test"):
+        if not cfg.get("train"):
+            tested = ckpt_path  # a test-only run of the given checkpoint
+        elif which == "best" and best:
+            tested = best
+        else:
+            if which == "best":
+                rank_zero_warn("no best checkpoint was saved: testing the weights as they are now")
+            tested = None  # the weights in memory, as fitting left them
+        trainer.test(model, datamodule=datamodule, ckpt_path=tested, weights_only=True)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+    rank_zero_info(f"run directory: {cfg.paths.output_dir}")
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="train")
+@exit_on_user_error
+def main(cfg: DictConfig) -> float:
+    return train(cfg)["score"]
+
+
+if __name__ == "__main__":
+    register_resolvers()
+    main()

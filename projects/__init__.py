@@ -1,0 +1,1 @@
+"""Projects: one folder each, a LightningModule on the shared layer in `common`."""

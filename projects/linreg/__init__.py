@@ -1,0 +1,1 @@
+"""Linear regression by gradient descent, checked against least squares."""

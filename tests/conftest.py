@@ -1,0 +1,57 @@
+"""Compose configs exactly as the entry points do, with every path inside a temporary folder."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from common.resolvers import register_resolvers
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+PROJECTS = sorted(p.stem for p in (CONFIGS / "project").glob("*.yaml"))
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+
+
+def make_config(
+    tmp_path: Path, overrides: list[str] = (), config_name: str = "train", keep_hydra: bool = False
+) -> DictConfig:
+    """The config `python -m common.<config_name> <overrides>` would run, writing under tmp_path.
+
+    Like Hydra, the task's config loses its `hydra` node (kept with keep_hydra=True).
+    """
+    register_resolvers()
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+        cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)  # `${hydra:...}` interpolations need it
+    run_dir = tmp_path / "logs" / str(cfg.name) / f"run{len(list(tmp_path.glob('logs/*/run*')))}"
+    with open_dict(cfg):
+        cfg.paths.data_dir = str(tmp_path / "data")
+        cfg.paths.log_dir = str(tmp_path / "logs")
+        cfg.paths.output_dir = str(run_dir)
+        cfg.print_config = False
+        if not keep_hydra:
+            del cfg["hydra"]
+    return cfg
+
+
+@pytest.fixture
+def config(tmp_path):
+    return lambda *overrides, name="train": make_config(tmp_path, overrides, name)
+
+
+def run(*args: str, env: dict | None = None, timeout: float = 300, cwd: Path = ROOT):
+    """Run a command from the repo root; return the CompletedProcess (text, both streams)."""
+    return subprocess.run(
+        list(args), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+PYTHON = sys.executable

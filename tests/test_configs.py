@@ -1,0 +1,138 @@
+"""Tier 0: every option of every config group composes, and what it describes instantiates."""
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
+
+from omegaconf import OmegaConf
+
+from common.errors import UserError
+from common.instantiate import instantiate_callbacks, instantiate_loggers
+from common.resolvers import REPO_ROOT, register_resolvers
+from tests.conftest import CONFIGS, PROJECTS, make_config, options
+
+
+def project_of(option: str) -> str:
+    """Experiments and searches are named <project>_<variant>."""
+    return next(p for p in PROJECTS if option.startswith(p))
+
+
+@pytest.mark.parametrize("project", PROJECTS)
+def test_project_builds_data_and_model(tmp_path, project):
+    cfg = make_config(tmp_path, [f"project={project}", "data.synthetic=true"])
+    assert cfg.name == project
+    assert cfg.monitor.split("/")[0] == "val"
+    assert isinstance(instantiate(cfg.data), LightningDataModule)
+    assert isinstance(instantiate(cfg.model), LightningModule)
+
+
+@pytest.mark.parametrize("option", options("data"))
+def test_data_option(tmp_path, option):
+    project = "linreg" if option in ("regression", "diabetes") else "mnist"
+    cfg = make_config(tmp_path, [f"project={project}", f"data={option}", "data.synthetic=true"])
+    dm = instantiate(cfg.data)
+    dm.prepare_data()
+    dm.setup("fit")
+    x, y = next(iter(dm.train_dataloader()))
+    assert len(x) == len(y) == cfg.data.batch_size
+
+
+@pytest.mark.parametrize("option", options("model"))
+def test_model_option(tmp_path, option):
+    cfg = make_config(tmp_path, [f"project={option}", f"model={option}"])
+    model = instantiate(cfg.model)
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+@pytest.mark.parametrize("option", options("trainer"))
+def test_trainer_option(tmp_path, option):
+    cfg = make_config(tmp_path, [f"trainer={option}"])
+    if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
+        with pytest.raises(Exception, match="(?i)gpu|cuda"):
+            instantiate(cfg.trainer)
+        return
+    assert isinstance(instantiate(cfg.trainer), Trainer)
+
+
+@pytest.mark.parametrize("option", options("logger"))
+def test_logger_option(tmp_path, option):
+    if option == "mlflow":
+        pytest.importorskip("mlflow", reason="mlflow is an optional extra: pip install -e '.[mlflow]'")
+    overrides = [f"logger={option}"]
+    if option == "wandb":
+        overrides.append("logger.wandb.offline=true")
+    loggers = instantiate_loggers(make_config(tmp_path, overrides))
+    assert loggers
+    for logger in loggers:  # really write: creating the experiment is where setups fail
+        logger.log_metrics({"val/loss": 1.0}, step=0)
+        logger.finalize("success")
+
+
+@pytest.mark.parametrize("option", options("callbacks"))
+def test_callbacks_option(tmp_path, option):
+    callbacks = instantiate_callbacks(make_config(tmp_path, [f"callbacks={option}"]))
+    assert all(isinstance(cb, Callback) for cb in callbacks)
+    if option == "default":
+        names = {type(cb).__name__ for cb in callbacks}
+        assert {"ModelCheckpoint", "EarlyStopping", "LearningRateMonitor", "ProgressBar"} <= names
+
+
+def test_checkpoint_and_early_stopping_watch_the_project_metric(tmp_path):
+    cfg = make_config(tmp_path, ["project=mnist"])
+    assert cfg.callbacks.model_checkpoint.monitor == "val/acc"
+    assert cfg.callbacks.model_checkpoint.mode == "max"
+    assert cfg.callbacks.early_stopping.monitor == "val/acc"
+
+
+@pytest.mark.parametrize("option", options("debug"))
+def test_debug_option(tmp_path, option):
+    cfg = make_config(tmp_path, [f"debug={option}"])
+    assert cfg.trainer.max_epochs >= 1
+    assert isinstance(instantiate(cfg.trainer), Trainer)
+
+
+@pytest.mark.parametrize("option", options("experiment"))
+def test_experiment_option(tmp_path, option):
+    cfg = make_config(tmp_path, [f"project={project_of(option)}", f"experiment={option}"])
+    instantiate(cfg.data)
+    instantiate(cfg.model)
+
+
+@pytest.mark.parametrize("option", options("hparams_search"))
+def test_hparams_search_option(tmp_path, option):
+    overrides = [f"project={project_of(option)}", f"hparams_search={option}"]
+    cfg = make_config(tmp_path, overrides, keep_hydra=True)
+    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
+    for key in cfg.hydra.sweeper.params:  # every swept key exists in the composed config
+        assert OmegaConf.select(cfg, key) is not None, key
+
+
+def test_eval_config_composes(tmp_path):
+    cfg = make_config(tmp_path, ["project=linreg", "ckpt_path=x.ckpt"], "eval", keep_hydra=True)
+    assert cfg.ckpt_path == "x.ckpt"
+    assert "eval" in cfg.hydra.run.dir
+
+
+def test_paths_default_under_the_repo():
+    register_resolvers()
+    paths = OmegaConf.load(CONFIGS / "paths" / "default.yaml")
+    assert paths.root_dir == str(REPO_ROOT)
+    assert REPO_ROOT.joinpath("configs", "train.yaml").is_file()
+
+
+def test_run_id_is_unique_per_config_and_stable_within_one(tmp_path):
+    a = make_config(tmp_path, keep_hydra=True)
+    b = make_config(tmp_path, keep_hydra=True)
+    dir_a = a.hydra.run.dir
+    assert a.hydra.run.dir == dir_a  # resolved once per config, like `now`
+    assert dir_a != b.hydra.run.dir
+    assert dir_a.split("/")[-2] == "mnist"
+
+
+def test_bad_loader_name_is_a_user_error(tmp_path):
+    cfg = make_config(tmp_path, ["data.loader=fast"])
+    with pytest.raises(Exception) as info:
+        instantiate(cfg.data)
+    assert isinstance(info.value.__cause__, UserError)
+    assert "tensor, dataloader" in str(info.value.__cause__)

@@ -1,0 +1,21 @@
+"""Tier 1: every project (and experiment) runs fast_dev_run through the real train function."""
+
+import pytest
+
+from common.train import train
+from tests.conftest import PROJECTS, options
+
+
+@pytest.mark.parametrize("project", PROJECTS)
+def test_fast_dev_run(config, project):
+    cfg = config(f"project={project}", "debug=fdr", "data.synthetic=true")
+    metrics = train(cfg)
+    assert "train/loss" in metrics
+    assert any(k.startswith("test/") for k in metrics)
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_experiment_fast_dev_run(config, experiment):
+    project = next(p for p in PROJECTS if experiment.startswith(p))
+    cfg = config(f"project={project}", f"experiment={experiment}", "debug=fdr", "data.synthetic=true")
+    assert "train/loss" in train(cfg)
