@@ -65,8 +65,39 @@ def is_make_variable(word: str) -> bool:
     return bool(re.fullmatch(r"[A-Z][A-Z0-9_]*", name))
 
 
+# Hydra's command-line options that take a value (`--cfg job`), and `--info`'s optional one.
+VALUE_FLAGS = {"-c", "--cfg", "-p", "--package", "-cp", "--config-path", "-cn", "--config-name",
+               "-cd", "--config-dir", "--experimental-rerun"}
+INFO_TOPICS = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
+
+
+def split_args(args: str) -> tuple[list[str], list[str]]:
+    """ARGS words -> (Hydra options with their values, overrides).
+
+    Hydra's argparse reads options only before the overrides, so the launcher puts them first.
+    """
+    words, options, overrides = shlex.split(args), [], []
+    i = 0
+    while i < len(words):
+        word = words[i]
+        if word.startswith("-"):
+            options.append(word)
+            takes_value = word in VALUE_FLAGS or (
+                word in ("-i", "--info") and i + 1 < len(words) and words[i + 1] in INFO_TOPICS
+            )
+            if takes_value and i + 1 < len(words):
+                options.append(words[i + 1])
+                i += 1
+        else:
+            overrides.append(word)
+        i += 1
+    return options, overrides
+
+
 def build_command(task: str, project: str, overrides: list[str], args: str) -> list[str]:
-    return [sys.executable, "-m", ENTRY_POINTS[task], f"project={project}", *overrides, *shlex.split(args)]
+    options, arg_overrides = split_args(args)
+    module = ENTRY_POINTS[task]
+    return [sys.executable, "-m", module, *options, f"project={project}", *overrides, *arg_overrides]
 
 
 def main(argv: list[str]) -> int:

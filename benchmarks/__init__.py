@@ -1,0 +1,1 @@
+"""Benchmarks: `make bench`. They measure and print; nothing here asserts a time."""

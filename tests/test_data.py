@@ -1,0 +1,207 @@
+"""The shared datamodule layer: splits, loaders, per-device batches, MNIST files and errors."""
+
+import struct
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from common.data import TensorLoader
+from common.data.base import split
+from common.data.mnist import RAW_FILES, MNISTDataModule
+from common.data.regression import RegressionDataModule
+from common.data.synthetic import synthetic_images
+from common.errors import UserError
+
+
+def write_idx(path: Path, array: torch.Tensor) -> None:
+    """Write a uint8 tensor in MNIST's IDX format (magic: 0x08 = ubyte, then the rank)."""
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.to(torch.uint8).numpy().tobytes())
+
+
+def fake_mnist(root: Path, n_train: int = 60, n_test: int = 20) -> Path:
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images, labels = synthetic_images(n, 10, (28, 28), seed=0, split_seed=n)
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+    return raw
+
+
+def fake_trainer(world_size: int, rank: int = 0):
+    return SimpleNamespace(world_size=world_size, global_rank=rank)
+
+
+# --- TensorLoader -------------------------------------------------------------------------
+
+
+def test_tensor_loader_yields_every_sample_once_per_epoch():
+    x = torch.arange(103)
+    loader = TensorLoader(x, x * 2, batch_size=10, shuffle=True, seed=1)
+    assert len(loader) == 11
+    for _ in range(2):
+        batches = list(loader)
+        seen = torch.cat([b[0] for b in batches])
+        assert sorted(seen.tolist()) == list(range(103))
+        assert all(torch.equal(b[1], b[0] * 2) for b in batches)  # rows stay aligned
+        assert len(batches) == 11 and len(batches[-1][0]) == 3
+
+
+def test_tensor_loader_is_seeded_and_reshuffles_each_epoch():
+    x = torch.arange(50)
+    first = [b[0] for b in TensorLoader(x, batch_size=50, shuffle=True, seed=3)]
+    again = TensorLoader(x, batch_size=50, shuffle=True, seed=3)
+    epoch0, epoch1 = next(iter(again))[0], next(iter(again))[0]
+    assert torch.equal(first[0], epoch0)
+    assert not torch.equal(epoch0, epoch1)
+    again.set_epoch(0)  # what Lightning does on resume
+    assert torch.equal(next(iter(again))[0], epoch0)
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_tensor_loader_ddp_shards_are_disjoint(shuffle):
+    x = torch.arange(101)
+    shards = [
+        torch.cat([b[0] for b in TensorLoader(x, batch_size=8, shuffle=shuffle, rank=r, world_size=3)])
+        for r in range(3)
+    ]
+    union = torch.cat(shards)
+    assert len(set(union.tolist())) == len(union)  # no sample on two ranks
+    if shuffle:  # training: equal shards, so ranks take the same number of steps
+        assert {len(s) for s in shards} == {33}
+    else:  # evaluation: every sample exactly once
+        assert sorted(union.tolist()) == list(range(101))
+
+
+def test_tensor_loader_drop_last():
+    loader = TensorLoader(torch.arange(25), batch_size=10, drop_last=True)
+    assert len(loader) == 2 and [len(b[0]) for b in loader] == [10, 10]
+
+
+# --- splits and batch sizes ------------------------------------------------------------------
+
+
+def test_split_is_seeded_disjoint_and_sized():
+    ds = TensorDataset(torch.arange(100))
+    train, val = split(ds, 0.2, seed=0)
+    train2, val2 = split(ds, 20, seed=0)
+    assert len(train) == 80 and len(val) == 20
+    assert torch.equal(val.tensors[0], val2.tensors[0])
+    assert not set(train.tensors[0].tolist()) & set(val.tensors[0].tolist())
+    assert not torch.equal(val.tensors[0], split(ds, 0.2, seed=1)[1].tensors[0])
+
+
+def test_split_rejects_a_validation_set_that_takes_everything():
+    with pytest.raises(UserError, match="val_size"):
+        split(TensorDataset(torch.arange(10)), 10, seed=0)
+
+
+def test_global_batch_is_split_across_processes(tmp_path):
+    dm = RegressionDataModule(str(tmp_path), batch_size=64)
+    dm.trainer = fake_trainer(world_size=4, rank=1)
+    dm.setup("fit")
+    assert dm.batch_size_per_device == 16
+    loader = dm.train_dataloader()
+    assert loader.batch_size == 16 and loader.world_size == 4 and loader.rank == 1
+
+
+def test_batch_that_does_not_divide_is_a_user_error(tmp_path):
+    dm = RegressionDataModule(str(tmp_path), batch_size=10)
+    dm.trainer = fake_trainer(world_size=3)
+    with pytest.raises(UserError, match="divide evenly over 3"):
+        dm.setup("fit")
+
+
+def test_dataloader_path_gives_the_same_batches_shapes(tmp_path):
+    dm = MNISTDataModule(str(tmp_path), synthetic=True, synthetic_size=(300, 50), loader="dataloader")
+    dm.setup("fit")
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (128, 28, 28) and x.dtype == torch.uint8 and y.dtype == torch.int64
+
+
+# --- MNIST -------------------------------------------------------------------------------------
+
+
+def test_synthetic_mnist_has_the_real_shapes_dtypes_and_ranges(tmp_path):
+    dm = MNISTDataModule(str(tmp_path), synthetic=True, synthetic_size=(500, 100), batch_size=32)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (450, 50, 100)
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (32, 28, 28) and x.dtype == torch.uint8
+    assert y.dtype == torch.int64 and 0 <= y.min() and y.max() <= 9
+    images, labels = dm.on_after_batch_transfer((x, y))
+    assert images.shape == (32, 1, 28, 28) and images.dtype == torch.float32
+    assert images.min() >= -0.5 and images.max() <= (1 - dm.mean) / dm.std + 1e-5
+    assert torch.equal(labels, y)
+
+
+def test_synthetic_data_is_seeded_and_splits_share_classes():
+    a, la = synthetic_images(64, 10, (28, 28), seed=5, split_seed=0)
+    b, lb = synthetic_images(64, 10, (28, 28), seed=5, split_seed=0)
+    c, _ = synthetic_images(64, 10, (28, 28), seed=5, split_seed=1)
+    assert torch.equal(a, b) and torch.equal(la, lb)
+    assert not torch.equal(a, c)
+    rgb, _ = synthetic_images(8, 4, (3, 32, 32), seed=0)
+    assert rgb.shape == (8, 3, 32, 32) and rgb.dtype == torch.uint8
+
+
+def test_mnist_reads_real_idx_files(tmp_path):
+    fake_mnist(tmp_path, n_train=60, n_test=20)
+    dm = MNISTDataModule(str(tmp_path), val_size=10, download=False)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (50, 10, 20)
+    assert dm.train_set.tensors[0].shape[1:] == (28, 28)
+
+
+def test_missing_mnist_names_folder_files_and_switch(tmp_path):
+    dm = MNISTDataModule(str(tmp_path), download=False)
+    with pytest.raises(UserError) as info:
+        dm.prepare_data()
+    message = str(info.value)
+    assert str(tmp_path / "MNIST" / "raw") in message
+    assert all(name in message for name in RAW_FILES)
+    assert "data.synthetic=true" in message
+
+
+def test_corrupt_mnist_is_a_user_error(tmp_path):
+    raw = fake_mnist(tmp_path)
+    (raw / "train-images-idx3-ubyte").write_bytes(b"not an idx file")
+    dm = MNISTDataModule(str(tmp_path), download=False)
+    with pytest.raises(UserError, match="cannot read MNIST"):
+        dm.setup("fit")
+
+
+def test_mnist_refuses_other_shapes_on_real_data(tmp_path):
+    with pytest.raises(UserError, match="10 classes"):
+        MNISTDataModule(str(tmp_path), num_classes=5)
+
+
+# --- regression -------------------------------------------------------------------------------
+
+
+def test_synthetic_regression_follows_its_true_weights(tmp_path):
+    dm = RegressionDataModule(str(tmp_path), num_features=3, num_samples=500, noise=0.0)
+    dm.setup("fit")
+    x, y = dm.train_set.tensors
+    w, b = dm.known_weights
+    assert torch.allclose(x @ w + b, y, atol=1e-5)
+
+
+def test_diabetes_is_standardized_with_training_statistics(tmp_path):
+    dm = RegressionDataModule(str(tmp_path), source="diabetes", num_features=10, standardize=True)
+    dm.setup("fit")
+    pool_x = torch.cat([dm.train_set.tensors[0], dm.val_set.tensors[0]])
+    assert len(pool_x) + len(dm.test_set) == 442
+    assert torch.allclose(pool_x.mean(0), torch.zeros(10), atol=1e-5)
+    assert dm.known_weights is None
+
+
+def test_unknown_regression_source_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="synthetic, diabetes"):
+        RegressionDataModule(str(tmp_path), source="housing")

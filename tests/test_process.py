@@ -1,0 +1,203 @@
+"""Tier 3: the command line, as a user types it, and round trips through files on disk."""
+
+import os
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from common.errors import UserError
+from common.eval import evaluate
+from common.launcher import makeflags_overrides
+from common.train import train
+from tests.conftest import PROJECTS, ROOT, run
+
+VENV = str(Path(sys.executable).parents[1])  # make uses the interpreter running the tests
+
+
+def user_env(tmp_path: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "MAKEFLAGS")}
+    env.update(LOG_DIR=str(tmp_path / "logs"), DATA_DIR=str(tmp_path / "data"), COLUMNS="120")
+    return env
+
+
+def make(tmp_path: Path, *words: str, timeout: float = 300):
+    return run("make", "-s", f"VENV={VENV}", *words, env=user_env(tmp_path), timeout=timeout)
+
+
+def assert_one_readable_error(result, *fragments: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr + result.stdout
+    for fragment in fragments:
+        assert fragment in result.stderr, result.stderr
+
+
+# --- make forwards key=value words to Hydra unchanged and in order ------------------------------
+
+
+def test_make_forwards_nested_keys_lists_quotes_and_args(tmp_path):
+    words = [
+        "trainer.max_epochs=3",
+        "trainer.devices=[0,1]",
+        "model.net.width=64",
+        "+logger.note=hello world",
+        "name='quoted value'",
+        'tags="a b"',
+        "path=${paths.log_dir}/x",
+        "data.root=C:\\data",
+    ]
+    result = make(tmp_path, "train", "PROJECT=linreg", "DRY=1", *words, "ARGS=-m '~callbacks.lr_monitor' --cfg job")
+    assert result.returncode == 0, result.stderr
+    argv = shlex.split(result.stdout.strip())
+    # Hydra reads its options only before the overrides: the launcher moves them first.
+    assert argv[:7] == ["python", "-m", "common.train", "-m", "--cfg", "job", "project=linreg"]
+    assert argv[7:] == [*words, "~callbacks.lr_monitor"]
+
+
+def test_makeflags_parser_undoes_makes_escaping():
+    flags = r"s -- b=$$x c=a\ b\\c a.b=1 PROJECT=vit"
+    assert makeflags_overrides(flags) == ["PROJECT=vit", "a.b=1", "c=a b\\c", "b=$x"]
+    assert makeflags_overrides("s") == []
+
+
+def test_unknown_project_lists_the_valid_ones(tmp_path):
+    result = make(tmp_path, "train", "PROJECT=nope")
+    assert_one_readable_error(result, "unknown project 'nope'", ", ".join(PROJECTS))
+
+
+def test_make_list_shows_every_project(tmp_path):
+    result = make(tmp_path, "list")
+    assert result.returncode == 0
+    assert [line.split()[0] for line in result.stdout.splitlines()] == PROJECTS
+
+
+def test_misspelled_key_is_one_readable_error(tmp_path):
+    result = run(sys.executable, "-m", "common.train", "trainer.max_epoch=1", env=user_env(tmp_path))
+    assert_one_readable_error(result, "trainer.max_epoch")
+
+
+def test_missing_data_is_one_readable_error(tmp_path):
+    result = run(
+        sys.executable, "-m", "common.train", "project=mnist", "data.download=false",
+        env=user_env(tmp_path),
+    )
+    assert_one_readable_error(result, "error: MNIST files missing", "data.synthetic=true")
+
+
+def test_corrupt_checkpoint_is_one_readable_error(tmp_path):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"\x00" * 100)
+    result = run(
+        sys.executable, "-m", "common.eval", "project=linreg", f"ckpt_path={bad}",
+        env=user_env(tmp_path),
+    )
+    assert_one_readable_error(result, "error: cannot load checkpoint", str(bad))
+
+
+# --- round trips ---------------------------------------------------------------------------------
+
+
+def test_train_then_eval_reproduces_the_test_metric(config):
+    cfg = config(
+        "project=mnist", "data.synthetic=true", "data.synthetic_size=[3000,500]",
+        "trainer.max_epochs=2", "model.net.width=8", "logger=csv",
+    )
+    trained = train(cfg)
+    best = next(Path(cfg.paths.output_dir, "checkpoints").glob("epoch_*.ckpt"))
+    # A different net width on the command line: eval must rebuild the checkpoint's own net.
+    eval_cfg = config(
+        "project=mnist", "data.synthetic=true", "data.synthetic_size=[3000,500]",
+        f"ckpt_path={best}", "logger=csv", "model.net.width=32", name="eval",
+    )
+    evaluated = evaluate(eval_cfg)
+    assert evaluated["test/acc"] == pytest.approx(trained["test/acc"], abs=1e-6)
+    assert evaluated["test/loss"] == pytest.approx(trained["test/loss"], rel=1e-5)
+
+
+def test_resume_from_last_continues_the_epoch_count(config, tmp_path):
+    first = config("project=linreg", "trainer.max_epochs=1", "logger=csv")
+    train(first)
+    last = Path(first.paths.output_dir, "checkpoints", "last.ckpt")
+    steps_per_epoch = torch.load(last, weights_only=True)["global_step"]
+    resumed = config("project=linreg", "trainer.max_epochs=3", "ckpt_path=last", "logger=csv")
+    train(resumed)
+    state = torch.load(Path(resumed.paths.output_dir, "checkpoints", "last.ckpt"), weights_only=True)
+    assert state["epoch"] == 2  # epochs 1 and 2 ran here; epoch 0 came from the checkpoint
+    assert state["global_step"] == 3 * steps_per_epoch
+
+
+def test_ckpt_path_last_without_runs_is_a_user_error(config):
+    with pytest.raises(UserError, match="no earlier run of 'linreg'"):
+        train(config("project=linreg", "ckpt_path=last"))
+
+
+def test_checkpoints_load_with_weights_only_and_carry_their_config(config):
+    cfg = config("project=linreg", "trainer.max_epochs=1", "logger=csv")
+    train(cfg)
+    for path in Path(cfg.paths.output_dir, "checkpoints").glob("*.ckpt"):
+        state = torch.load(path, weights_only=True)
+        assert state["config"]["model"]["net"]["in_features"] == 8
+        assert "optimizer" not in state.get("hyper_parameters", {})  # no partials: weights_only
+
+
+def test_run_directory_holds_config_overrides_and_commit(tmp_path):
+    result = make(
+        tmp_path, "train", "PROJECT=linreg", "trainer.max_epochs=1", "model.optimizer.lr=0.04",
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = list((tmp_path / "logs" / "linreg").iterdir())
+    assert len(runs) == 1
+    run_dir = runs[0]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d_[0-9a-f]{6}", run_dir.name)
+    assert "lr: 0.04" in (run_dir / "config.yaml").read_text()
+    info = (run_dir / "run.yaml").read_text()
+    assert "model.optimizer.lr=0.04" in info and "commit:" in info
+    assert list(run_dir.glob("events.out.tfevents.*"))
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert re.search(r"test/r2\s*│\s*0\.99", result.stdout), result.stdout[-2000:]
+
+
+def test_make_train_mnist_synthetic_writes_one_run_directory(tmp_path):
+    result = make(
+        tmp_path, "train", "PROJECT=mnist", "data.synthetic=true", "trainer.max_epochs=1", timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (tmp_path / "logs" / "mnist").iterdir()
+    assert {"config.yaml", "run.yaml", "checkpoints"} <= {p.name for p in run_dir.iterdir()}
+    events = b"".join(p.read_bytes() for p in run_dir.glob("events.out.tfevents.*"))
+    assert b"val/confusion_matrix" in events and b"val/acc" in events
+    evaluated = make(tmp_path, "eval", "PROJECT=mnist", "ckpt_path=last", "data.synthetic=true")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert "test/acc" in evaluated.stdout
+
+
+def test_two_launches_in_the_same_second_get_two_directories(tmp_path):
+    import subprocess
+
+    command = ["make", "-s", f"VENV={VENV}", "train", "PROJECT=linreg", "debug=fdr"]
+    procs = [
+        subprocess.Popen(command, cwd=ROOT, env=user_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    assert all(p.wait(timeout=300) == 0 for p in procs)
+    assert len(list((tmp_path / "logs" / "linreg").iterdir())) == 2
+
+
+@pytest.mark.parametrize("search", ["grid", "optuna"])
+def test_sweep_runs_each_point_in_its_own_folder(tmp_path, search):
+    if search == "grid":
+        args = "-m model.optimizer.lr=0.01,0.05"
+    else:
+        args = "-m hparams_search=mnist_optuna hydra.sweeper.n_trials=2 hydra.sweeper.sampler.n_startup_trials=1"
+    project = "linreg" if search == "grid" else "mnist"
+    result = make(
+        tmp_path, "train", f"PROJECT={project}", "debug=fdr", "data.synthetic=true", f"ARGS={args}",
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (tmp_path / "logs" / project / "multirun").iterdir()
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
