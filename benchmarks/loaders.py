@@ -49,27 +49,42 @@ def main() -> None:
 
     with TemporaryDirectory() as tmp:
         write_fake_mnist(Path(tmp), args.samples)
-        normalize = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
+        normalize = transforms.Compose(
+            [transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))]
+        )
         pil_set = MNIST(tmp, train=True, transform=normalize)
         rows = []
         for workers in (0, 2):
             loader = DataLoader(
-                pil_set, batch_size=args.batch_size, shuffle=True, num_workers=workers,
+                pil_set,
+                batch_size=args.batch_size,
+                shuffle=True,
+                num_workers=workers,
                 persistent_workers=False,
             )
             rows.append((f"torchvision PIL transforms, {workers} workers", *time_epoch(loader)))
 
-        dm = MNISTDataModule(tmp, batch_size=args.batch_size, val_size=0, download=False, loader="dataloader")
+        dm = MNISTDataModule(
+            tmp, batch_size=args.batch_size, val_size=0, download=False, loader="dataloader"
+        )
         dm.setup("fit")
         rows.append(
-            ("DataLoader over uint8 tensors", *time_epoch(dm.train_dataloader(), dm.on_after_batch_transfer))
+            (
+                "DataLoader over uint8 tensors",
+                *time_epoch(dm.train_dataloader(), dm.on_after_batch_transfer),
+            )
         )
         dm.loader = "tensor"
         rows.append(
-            ("TensorLoader (data.loader=tensor)", *time_epoch(dm.train_dataloader(), dm.on_after_batch_transfer))
+            (
+                "TensorLoader (data.loader=tensor)",
+                *time_epoch(dm.train_dataloader(), dm.on_after_batch_transfer),
+            )
         )
 
-    print(f"\none epoch of {args.samples} MNIST-shaped images, batch {args.batch_size}, normalized floats")
+    print(
+        f"\none epoch of {args.samples} MNIST-shaped images, batch {args.batch_size}, normalized floats"
+    )
     print(f"{'path':<40}{'samples/s':>14}{'epoch s':>10}")
     for label, seconds, n in rows:
         print(f"{label:<40}{n / seconds:14.0f}{seconds:10.2f}")

@@ -37,7 +37,9 @@ def print_config_tree(cfg: DictConfig, order: Iterable[str] = ("data", "model", 
     scalars = {k: cfg[k] for k in cfg if not isinstance(cfg[k], DictConfig)}
     for key in groups:
         yaml_text = OmegaConf.to_yaml(cfg[key], resolve=True)
-        tree.add(str(key), style="bold").add(rich.syntax.Syntax(yaml_text, "yaml", theme="ansi_dark"))
+        tree.add(str(key), style="bold").add(
+            rich.syntax.Syntax(yaml_text, "yaml", theme="ansi_dark")
+        )
     yaml_text = OmegaConf.to_yaml(OmegaConf.create(scalars), resolve=True)
     tree.add("run", style="bold").add(rich.syntax.Syntax(yaml_text, "yaml", theme="ansi_dark"))
     rich.print(tree)

@@ -66,8 +66,19 @@ def is_make_variable(word: str) -> bool:
 
 
 # Hydra's command-line options that take a value (`--cfg job`), and `--info`'s optional one.
-VALUE_FLAGS = {"-c", "--cfg", "-p", "--package", "-cp", "--config-path", "-cn", "--config-name",
-               "-cd", "--config-dir", "--experimental-rerun"}
+VALUE_FLAGS = {
+    "-c",
+    "--cfg",
+    "-p",
+    "--package",
+    "-cp",
+    "--config-path",
+    "-cn",
+    "--config-name",
+    "-cd",
+    "--config-dir",
+    "--experimental-rerun",
+}
 INFO_TOPICS = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
 
 
@@ -97,7 +108,15 @@ def split_args(args: str) -> tuple[list[str], list[str]]:
 def build_command(task: str, project: str, overrides: list[str], args: str) -> list[str]:
     options, arg_overrides = split_args(args)
     module = ENTRY_POINTS[task]
-    return [sys.executable, "-m", module, *options, f"project={project}", *overrides, *arg_overrides]
+    return [
+        sys.executable,
+        "-m",
+        module,
+        *options,
+        f"project={project}",
+        *overrides,
+        *arg_overrides,
+    ]
 
 
 def main(argv: list[str]) -> int:
@@ -109,7 +128,9 @@ def main(argv: list[str]) -> int:
             print(f"{name:<{width}}  {description}")
         return 0
     if task not in ENTRY_POINTS:
-        print(f"usage: python -m common.launcher {{{','.join(ENTRY_POINTS)},list}}", file=sys.stderr)
+        print(
+            f"usage: python -m common.launcher {{{','.join(ENTRY_POINTS)},list}}", file=sys.stderr
+        )
         return 2
 
     project = os.environ.get("PROJECT", "mnist")

@@ -31,11 +31,17 @@ class TemplateModule(L.LightningModule):
             kwargs["total_steps"] = self.trainer.estimated_stepping_batches
         scheduler = self.scheduler_factory(optimizer=optimizer, **kwargs)
         interval = "step" if per_step else "epoch"
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": interval},
+        }
 
 
 def warmup_cosine(
-    optimizer: torch.optim.Optimizer, total_steps: int, warmup_fraction: float = 0.05, min_lr_ratio: float = 0.0
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    warmup_fraction: float = 0.05,
+    min_lr_ratio: float = 0.0,
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warmup then cosine decay to `min_lr_ratio` of the base learning rate, per step."""
     warmup = max(1, int(warmup_fraction * total_steps))

@@ -4,7 +4,6 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
-
 from omegaconf import OmegaConf
 
 from common.errors import UserError
@@ -58,7 +57,9 @@ def test_trainer_option(tmp_path, option):
 @pytest.mark.parametrize("option", options("logger"))
 def test_logger_option(tmp_path, option):
     if option == "mlflow":
-        pytest.importorskip("mlflow", reason="mlflow is an optional extra: pip install -e '.[mlflow]'")
+        pytest.importorskip(
+            "mlflow", reason="mlflow is an optional extra: pip install -e '.[mlflow]'"
+        )
     overrides = [f"logger={option}"]
     if option == "wandb":
         overrides.append("logger.wandb.offline=true")

@@ -66,7 +66,9 @@ def test_tensor_loader_is_seeded_and_reshuffles_each_epoch():
 def test_tensor_loader_ddp_shards_are_disjoint(shuffle):
     x = torch.arange(101)
     shards = [
-        torch.cat([b[0] for b in TensorLoader(x, batch_size=8, shuffle=shuffle, rank=r, world_size=3)])
+        torch.cat(
+            [b[0] for b in TensorLoader(x, batch_size=8, shuffle=shuffle, rank=r, world_size=3)]
+        )
         for r in range(3)
     ]
     union = torch.cat(shards)
@@ -117,7 +119,9 @@ def test_batch_that_does_not_divide_is_a_user_error(tmp_path):
 
 
 def test_dataloader_path_gives_the_same_batches_shapes(tmp_path):
-    dm = MNISTDataModule(str(tmp_path), synthetic=True, synthetic_size=(300, 50), loader="dataloader")
+    dm = MNISTDataModule(
+        str(tmp_path), synthetic=True, synthetic_size=(300, 50), loader="dataloader"
+    )
     dm.setup("fit")
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (128, 28, 28) and x.dtype == torch.uint8 and y.dtype == torch.int64
@@ -205,3 +209,16 @@ def test_diabetes_is_standardized_with_training_statistics(tmp_path):
 def test_unknown_regression_source_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="synthetic, diabetes"):
         RegressionDataModule(str(tmp_path), source="housing")
+
+
+def test_digits_are_real_offline_and_mnist_shaped(tmp_path):
+    from common.data.digits import DigitsDataModule
+
+    dm = DigitsDataModule(str(tmp_path), val_size=0.1, batch_size=16)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert len(dm.train_set) + len(dm.val_set) + len(dm.test_set) == 1797
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (16, 28, 28) and x.dtype == torch.uint8 and y.max() <= 9
+    images, _ = dm.on_after_batch_transfer((x, y))
+    assert images.shape == (16, 1, 28, 28)

@@ -49,7 +49,14 @@ def test_make_forwards_nested_keys_lists_quotes_and_args(tmp_path):
         "path=${paths.log_dir}/x",
         "data.root=C:\\data",
     ]
-    result = make(tmp_path, "train", "PROJECT=linreg", "DRY=1", *words, "ARGS=-m '~callbacks.lr_monitor' --cfg job")
+    result = make(
+        tmp_path,
+        "train",
+        "PROJECT=linreg",
+        "DRY=1",
+        *words,
+        "ARGS=-m '~callbacks.lr_monitor' --cfg job",
+    )
     assert result.returncode == 0, result.stderr
     argv = shlex.split(result.stdout.strip())
     # Hydra reads its options only before the overrides: the launcher moves them first.
@@ -75,13 +82,19 @@ def test_make_list_shows_every_project(tmp_path):
 
 
 def test_misspelled_key_is_one_readable_error(tmp_path):
-    result = run(sys.executable, "-m", "common.train", "trainer.max_epoch=1", env=user_env(tmp_path))
+    result = run(
+        sys.executable, "-m", "common.train", "trainer.max_epoch=1", env=user_env(tmp_path)
+    )
     assert_one_readable_error(result, "trainer.max_epoch")
 
 
 def test_missing_data_is_one_readable_error(tmp_path):
     result = run(
-        sys.executable, "-m", "common.train", "project=mnist", "data.download=false",
+        sys.executable,
+        "-m",
+        "common.train",
+        "project=mnist",
+        "data.download=false",
         env=user_env(tmp_path),
     )
     assert_one_readable_error(result, "error: MNIST files missing", "data.synthetic=true")
@@ -91,7 +104,11 @@ def test_corrupt_checkpoint_is_one_readable_error(tmp_path):
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"\x00" * 100)
     result = run(
-        sys.executable, "-m", "common.eval", "project=linreg", f"ckpt_path={bad}",
+        sys.executable,
+        "-m",
+        "common.eval",
+        "project=linreg",
+        f"ckpt_path={bad}",
         env=user_env(tmp_path),
     )
     assert_one_readable_error(result, "error: cannot load checkpoint", str(bad))
@@ -102,15 +119,24 @@ def test_corrupt_checkpoint_is_one_readable_error(tmp_path):
 
 def test_train_then_eval_reproduces_the_test_metric(config):
     cfg = config(
-        "project=mnist", "data.synthetic=true", "data.synthetic_size=[3000,500]",
-        "trainer.max_epochs=2", "model.net.width=8", "logger=csv",
+        "project=mnist",
+        "data.synthetic=true",
+        "data.synthetic_size=[3000,500]",
+        "trainer.max_epochs=2",
+        "model.net.width=8",
+        "logger=csv",
     )
     trained = train(cfg)
     best = next(Path(cfg.paths.output_dir, "checkpoints").glob("epoch_*.ckpt"))
     # A different net width on the command line: eval must rebuild the checkpoint's own net.
     eval_cfg = config(
-        "project=mnist", "data.synthetic=true", "data.synthetic_size=[3000,500]",
-        f"ckpt_path={best}", "logger=csv", "model.net.width=32", name="eval",
+        "project=mnist",
+        "data.synthetic=true",
+        "data.synthetic_size=[3000,500]",
+        f"ckpt_path={best}",
+        "logger=csv",
+        "model.net.width=32",
+        name="eval",
     )
     evaluated = evaluate(eval_cfg)
     assert evaluated["test/acc"] == pytest.approx(trained["test/acc"], abs=1e-6)
@@ -124,7 +150,9 @@ def test_resume_from_last_continues_the_epoch_count(config, tmp_path):
     steps_per_epoch = torch.load(last, weights_only=True)["global_step"]
     resumed = config("project=linreg", "trainer.max_epochs=3", "ckpt_path=last", "logger=csv")
     train(resumed)
-    state = torch.load(Path(resumed.paths.output_dir, "checkpoints", "last.ckpt"), weights_only=True)
+    state = torch.load(
+        Path(resumed.paths.output_dir, "checkpoints", "last.ckpt"), weights_only=True
+    )
     assert state["epoch"] == 2  # epochs 1 and 2 ran here; epoch 0 came from the checkpoint
     assert state["global_step"] == 3 * steps_per_epoch
 
@@ -145,7 +173,11 @@ def test_checkpoints_load_with_weights_only_and_carry_their_config(config):
 
 def test_run_directory_holds_config_overrides_and_commit(tmp_path):
     result = make(
-        tmp_path, "train", "PROJECT=linreg", "trainer.max_epochs=1", "model.optimizer.lr=0.04",
+        tmp_path,
+        "train",
+        "PROJECT=linreg",
+        "trainer.max_epochs=1",
+        "model.optimizer.lr=0.04",
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -163,7 +195,12 @@ def test_run_directory_holds_config_overrides_and_commit(tmp_path):
 
 def test_make_train_mnist_synthetic_writes_one_run_directory(tmp_path):
     result = make(
-        tmp_path, "train", "PROJECT=mnist", "data.synthetic=true", "trainer.max_epochs=1", timeout=600
+        tmp_path,
+        "train",
+        "PROJECT=mnist",
+        "data.synthetic=true",
+        "trainer.max_epochs=1",
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = (tmp_path / "logs" / "mnist").iterdir()
@@ -180,7 +217,13 @@ def test_two_launches_in_the_same_second_get_two_directories(tmp_path):
 
     command = ["make", "-s", f"VENV={VENV}", "train", "PROJECT=linreg", "debug=fdr"]
     procs = [
-        subprocess.Popen(command, cwd=ROOT, env=user_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=user_env(tmp_path),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         for _ in range(2)
     ]
     assert all(p.wait(timeout=300) == 0 for p in procs)
@@ -195,7 +238,12 @@ def test_sweep_runs_each_point_in_its_own_folder(tmp_path, search):
         args = "-m hparams_search=mnist_optuna hydra.sweeper.n_trials=2 hydra.sweeper.sampler.n_startup_trials=1"
     project = "linreg" if search == "grid" else "mnist"
     result = make(
-        tmp_path, "train", f"PROJECT={project}", "debug=fdr", "data.synthetic=true", f"ARGS={args}",
+        tmp_path,
+        "train",
+        f"PROJECT={project}",
+        "debug=fdr",
+        "data.synthetic=true",
+        f"ARGS={args}",
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]

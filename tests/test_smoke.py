@@ -17,5 +17,7 @@ def test_fast_dev_run(config, project):
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_experiment_fast_dev_run(config, experiment):
     project = next(p for p in PROJECTS if experiment.startswith(p))
-    cfg = config(f"project={project}", f"experiment={experiment}", "debug=fdr", "data.synthetic=true")
+    cfg = config(
+        f"project={project}", f"experiment={experiment}", "debug=fdr", "data.synthetic=true"
+    )
     assert "train/loss" in train(cfg)

@@ -18,7 +18,9 @@ class ConvNet(nn.Module):
     About 100k parameters at width 32; ~99.3% on MNIST is typical for nets of this size.
     """
 
-    def __init__(self, in_chans: int = 1, num_classes: int = 10, width: int = 32, drop_rate: float = 0.1):
+    def __init__(
+        self, in_chans: int = 1, num_classes: int = 10, width: int = 32, drop_rate: float = 0.1
+    ):
         super().__init__()
         self.features = nn.Sequential(
             conv_block(in_chans, width),
