@@ -92,6 +92,8 @@ def load_checkpoint(path: str) -> dict:
 
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     """`ckpt_path` from the config, with `last` meaning this project's newest last.ckpt; checked."""
+    if OmegaConf.is_missing(cfg, "ckpt_path"):
+        raise UserError("this needs a checkpoint: ckpt_path=<file>, or ckpt_path=last")
     path = cfg.get("ckpt_path")
     if not path:
         return None

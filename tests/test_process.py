@@ -19,7 +19,9 @@ VENV = str(Path(sys.executable).parents[1])  # make uses the interpreter running
 
 
 def user_env(tmp_path: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "MAKEFLAGS")}
+    # Nothing from an outer `make test ARGS=...` may leak into the make commands tested here.
+    leaks = ("HYDRA_FULL_ERROR", "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "PROJECT", "ARGS", "DRY")
+    env = {k: v for k, v in os.environ.items() if k not in leaks}
     env.update(LOG_DIR=str(tmp_path / "logs"), DATA_DIR=str(tmp_path / "data"), COLUMNS="120")
     return env
 
@@ -249,3 +251,29 @@ def test_sweep_runs_each_point_in_its_own_folder(tmp_path, search):
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep,) = (tmp_path / "logs" / project / "multirun").iterdir()
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
+
+
+def test_eval_without_a_checkpoint_is_a_user_error(config):
+    with pytest.raises(UserError, match="ckpt_path=<file>"):
+        evaluate(config("project=linreg", name="eval"))
+
+
+def test_eval_of_another_projects_checkpoint_names_the_right_project(config):
+    cfg = config("project=linreg", "trainer.max_epochs=1", "logger=csv")
+    train(cfg)
+    last = Path(cfg.paths.output_dir, "checkpoints", "last.ckpt")
+    with pytest.raises(UserError, match="PROJECT=linreg"):
+        evaluate(config("project=mnist", f"ckpt_path={last}", name="eval"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["test_ckpt=first"], "not one of best, last"),
+        (["train=false"], "train=false tests a checkpoint"),
+        (["train=false", "test=false"], "nothing to do"),
+    ],
+)
+def test_contradictory_run_switches_are_user_errors(config, overrides, message):
+    with pytest.raises(UserError, match=message):
+        train(config("project=linreg", *overrides))
