@@ -8,7 +8,7 @@ from matplotlib.figure import Figure
 def confusion_matrix_figure(matrix: torch.Tensor, class_names: list[str] | None = None) -> Figure:
     """Heat map of a (K, K) confusion matrix, rows = true class, normalized per row."""
     counts = matrix.detach().cpu().float()
-    rates = counts / counts.sum(dim=1, keepdim=True).clamp(min=1)
+    rates = (counts / counts.sum(dim=1, keepdim=True).clamp(min=1)).numpy()
     k = counts.shape[0]
     names = class_names or [str(i) for i in range(k)]
     fig = Figure(figsize=(1.0 + 0.5 * k, 0.8 + 0.5 * k), dpi=100)

@@ -56,7 +56,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         elif which == "best" and best:
             tested = best
         else:
-            if which == "best":
+            if which == "best" and not trainer.fast_dev_run:
                 rank_zero_warn("no best checkpoint was saved: testing the weights as they are now")
             tested = None  # the weights in memory, as fitting left them
         trainer.test(model, datamodule=datamodule, ckpt_path=tested, weights_only=True)

@@ -4,6 +4,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import OmegaConf
 
 from common.errors import UserError
@@ -68,6 +69,8 @@ def test_logger_option(tmp_path, option):
     for logger in loggers:  # really write: creating the experiment is where setups fail
         logger.log_metrics({"val/loss": 1.0}, step=0)
         logger.finalize("success")
+        if isinstance(logger, WandbLogger):
+            logger.experiment.finish()  # else the next test's WandbLogger reuses this run
 
 
 @pytest.mark.parametrize("option", options("callbacks"))
