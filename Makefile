@@ -8,6 +8,7 @@
 # from MAKEFLAGS); UPPERCASE words are make's own: PROJECT, ARGS, DRY, PORT.
 
 VENV ?= .venv
+PYTHON ?= python3
 PY := $(VENV)/bin/python
 PROJECT ?= mnist
 ARGS ?=
@@ -34,7 +35,7 @@ help: ## Show this help
 install: $(VENV)/.installed ## Create .venv and install the repo with its dev tools (fast when done)
 
 $(VENV)/.installed: pyproject.toml
-	python3 -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $@
@@ -71,7 +72,7 @@ list: $(PY) ## The projects, one line each
 	@$(PY) -m common.launcher list
 
 tensorboard: $(PY) ## Serve logs/ in TensorBoard on port 6006 (PORT=...)
-	$(VENV)/bin/tensorboard --logdir logs --port $(PORT) --bind_all
+	$(VENV)/bin/tensorboard --logdir logs --port $(PORT) $(ARGS)
 
 clean: ## Remove logs and caches (keeps .venv and data)
 	rm -rf logs .pytest_cache .ruff_cache

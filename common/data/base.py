@@ -1,0 +1,114 @@
+"""The base datamodule every project's data goes through."""
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+from common.data.loaders import TensorLoader
+from common.errors import UserError
+
+LOADERS = ("tensor", "dataloader")
+
+
+def split(dataset: Dataset, val_size: float | int, seed: int) -> tuple[Dataset, Dataset]:
+    """Seeded train/val split. `val_size` is a fraction (< 1) or a count.
+
+    TensorDatasets stay TensorDatasets (indexed once here), so the fast loader still applies.
+    """
+    n = len(dataset)
+    n_val = int(round(val_size * n)) if val_size < 1 else int(val_size)
+    if not 0 <= n_val < n:
+        raise UserError(f"data.val_size={val_size} leaves no training data out of {n} samples")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    train_idx, val_idx = order[n_val:], order[:n_val]
+    if isinstance(dataset, TensorDataset):
+        return (
+            TensorDataset(*(t[train_idx] for t in dataset.tensors)),
+            TensorDataset(*(t[val_idx] for t in dataset.tensors)),
+        )
+    return Subset(dataset, train_idx.tolist()), Subset(dataset, val_idx.tolist())
+
+
+class DataModule(L.LightningDataModule):
+    """Seeded train/val/test splits, loaders, and the global batch size made per-device.
+
+    Subclasses implement `load()` -> (train pool, test set) and, when they download,
+    `prepare_data()`. The validation set is split off the train pool with a seeded generator.
+    `batch_size` is global: under DDP with N processes each one loads `batch_size / N`.
+    `loader="tensor"` serves in-memory TensorDatasets through `TensorLoader` (no workers, one
+    index op per batch); `loader="dataloader"` uses a torch DataLoader with `num_workers`.
+    """
+
+    def __init__(
+        self,
+        data_dir: str,
+        batch_size: int = 128,
+        val_size: float | int = 0.1,
+        loader: str = "tensor",
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        synthetic: bool = False,
+        seed: int = 42,
+    ):
+        super().__init__()
+        if loader not in LOADERS:
+            raise UserError(f"data.loader={loader!r} is not one of {', '.join(LOADERS)}")
+        if batch_size < 1:
+            raise UserError(f"data.batch_size must be positive, got {batch_size}")
+        self.data_dir = data_dir
+        self.batch_size = batch_size
+        self.val_size = val_size
+        self.loader = loader
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.synthetic = synthetic
+        self.seed = seed
+        self.batch_size_per_device = batch_size
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+
+    def load(self) -> tuple[Dataset, Dataset]:
+        """Return (train pool, test set)."""
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if self.batch_size % world:
+            raise UserError(
+                f"data.batch_size={self.batch_size} is the global batch and must divide evenly "
+                f"over {world} processes"
+            )
+        self.batch_size_per_device = self.batch_size // world
+        if self.train_set is None:
+            pool, self.test_set = self.load()
+            self.train_set, self.val_set = split(pool, self.val_size, self.seed)
+
+    def train_dataloader(self):
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self):
+        return self._loader(self.val_set, train=False)
+
+    def test_dataloader(self):
+        return self._loader(self.test_set, train=False)
+
+    def _loader(self, dataset: Dataset, train: bool):
+        if self.loader == "tensor" and isinstance(dataset, TensorDataset):
+            trainer = self.trainer
+            return TensorLoader(
+                *dataset.tensors,
+                batch_size=self.batch_size_per_device,
+                shuffle=train,
+                seed=self.seed,
+                rank=trainer.global_rank if trainer is not None else 0,
+                world_size=trainer.world_size if trainer is not None else 1,
+            )
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size_per_device,
+            shuffle=train,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )

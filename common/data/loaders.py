@@ -1,0 +1,79 @@
+"""Batches straight from in-memory tensors.
+
+A DataLoader over small images pays per sample: Python indexing, a PIL transform, then collate.
+When the whole dataset is a few tensors in memory, one fancy-index per batch does the same work.
+"""
+
+import torch
+
+
+class TensorLoader:
+    """Iterate over `tensors` (same first dimension) in batches, optionally shuffled.
+
+    Seeded: epoch `e` uses the permutation of `seed + e`, so runs repeat exactly. Under DDP every
+    rank draws the same permutation and takes a disjoint shard of it: strided for training (then
+    cut to equal length, so all ranks step together), contiguous for evaluation (uneven lengths,
+    so every sample is seen exactly once and metrics match a single process).
+    """
+
+    def __init__(
+        self,
+        *tensors: torch.Tensor,
+        batch_size: int,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        n = len(tensors[0])
+        if any(len(t) != n for t in tensors):
+            raise ValueError("all tensors need the same first dimension")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.tensors = tensors
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    # Lightning calls `loader.sampler.set_epoch(epoch)` before each epoch (resumed runs too) and
+    # inspects `batch_sampler` the way it would a DataLoader's.
+    batch_sampler = None
+
+    @property
+    def sampler(self):
+        return self
+
+    def _indices(self) -> torch.Tensor:
+        n = len(self.tensors[0])
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(n, generator=gen)
+            per_rank = n // self.world_size
+            return order[self.rank :: self.world_size][:per_rank]
+        return torch.arange(self.rank * n // self.world_size, (self.rank + 1) * n // self.world_size)
+
+    def _num_samples(self) -> int:
+        n = len(self.tensors[0])
+        if self.shuffle:
+            return n // self.world_size
+        return (self.rank + 1) * n // self.world_size - self.rank * n // self.world_size
+
+    def __len__(self) -> int:
+        n = self._num_samples()
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        indices = self._indices()
+        self.epoch += 1
+        stop = len(indices) - len(indices) % self.batch_size if self.drop_last else len(indices)
+        for start in range(0, stop, self.batch_size):
+            idx = indices[start : start + self.batch_size]
+            yield tuple(t[idx] for t in self.tensors)
