@@ -277,3 +277,21 @@ def test_eval_of_another_projects_checkpoint_names_the_right_project(config):
 def test_contradictory_run_switches_are_user_errors(config, overrides, message):
     with pytest.raises(UserError, match=message):
         train(config("project=linreg", *overrides))
+
+
+def test_ddp_on_cpu_trains_with_one_run_directory(tmp_path):
+    result = make(
+        tmp_path,
+        "train",
+        "PROJECT=mnist",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "data.synthetic=true",
+        "trainer.max_epochs=1",
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (tmp_path / "logs" / "mnist").iterdir()  # the second rank wrote no run of its own
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert "test/acc" in result.stdout

@@ -27,7 +27,9 @@ class DigitsDataModule(MNISTDataModule):
         from sklearn.datasets import load_digits
 
         digits = load_digits()
-        images = torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16  # (N, 1, 8, 8)
+        images = (
+            torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16
+        )  # (N, 1, 8, 8)
         images = F.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear")
         images = (images.clamp(0, 1)[:, 0] * 255).round().to(torch.uint8)  # (N, 28, 28)
         labels = torch.as_tensor(digits.target, dtype=torch.int64)

@@ -58,7 +58,9 @@ class TensorLoader:
             order = torch.randperm(n, generator=gen)
             per_rank = n // self.world_size
             return order[self.rank :: self.world_size][:per_rank]
-        return torch.arange(self.rank * n // self.world_size, (self.rank + 1) * n // self.world_size)
+        return torch.arange(
+            self.rank * n // self.world_size, (self.rank + 1) * n // self.world_size
+        )
 
     def _num_samples(self) -> int:
         n = len(self.tensors[0])

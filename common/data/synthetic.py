@@ -28,7 +28,7 @@ def synthetic_images(
     top = torch.randint(0, h - gh + 1, (n,), generator=gen)
     left = torch.randint(0, w - gw + 1, (n,), generator=gen)
     for i in range(n):  # a Python loop, but only once per dataset
-        t, l = int(top[i]), int(left[i])
-        images[i, :, t : t + gh, l : l + gw] += contrast[i] * glyphs[labels[i]]
+        y0, x0 = int(top[i]), int(left[i])
+        images[i, :, y0 : y0 + gh, x0 : x0 + gw] += contrast[i] * glyphs[labels[i]]
     images = (images.clamp(0, 1) * 255).round().to(torch.uint8)
     return (images if len(shape) == 3 else images[:, 0]), labels

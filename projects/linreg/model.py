@@ -30,13 +30,13 @@ class LinearRegression(TemplateModule):
     def validation_step(self, batch, batch_idx):
         x, y = batch
         pred = self(x)
-        self.log("val/loss", F.mse_loss(pred, y), prog_bar=True)
+        self.log("val/loss", F.mse_loss(pred, y), prog_bar=True, sync_dist=True)
         self.val_r2.update(pred, y)
         self.log("val/r2", self.val_r2, prog_bar=True)
 
     def test_step(self, batch, batch_idx):
         x, y = batch
         pred = self(x)
-        self.log("test/loss", F.mse_loss(pred, y))
+        self.log("test/loss", F.mse_loss(pred, y), sync_dist=True)
         self.test_r2.update(pred, y)
         self.log("test/r2", self.test_r2)

@@ -35,7 +35,7 @@ class MNISTClassifier(TemplateModule):
     def validation_step(self, batch, batch_idx):
         x, y = batch
         logits = self(x)
-        self.log("val/loss", F.cross_entropy(logits, y), prog_bar=True)
+        self.log("val/loss", F.cross_entropy(logits, y), prog_bar=True, sync_dist=True)
         preds = logits.argmax(dim=1)
         self.val_acc(preds, y)
         self.val_confusion.update(preds, y)
@@ -50,6 +50,6 @@ class MNISTClassifier(TemplateModule):
     def test_step(self, batch, batch_idx):
         x, y = batch
         logits = self(x)
-        self.log("test/loss", F.cross_entropy(logits, y))
+        self.log("test/loss", F.cross_entropy(logits, y), sync_dist=True)
         self.test_acc(logits.argmax(dim=1), y)
         self.log("test/acc", self.test_acc)
