@@ -10,7 +10,12 @@ from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
 from common.errors import UserError, exit_on_user_error
-from common.instantiate import instantiate_callbacks, instantiate_loggers, print_config_tree
+from common.instantiate import (
+    instantiate_callbacks,
+    instantiate_loggers,
+    instantiate_trainer,
+    print_config_tree,
+)
 from common.resolvers import register_resolvers
 from common.runs import load_checkpoint, resolve_ckpt_path, save_run_files
 
@@ -33,8 +38,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
     datamodule = instantiate(cfg.data)
     model = instantiate(model_cfg)
-    trainer = instantiate(
-        cfg.trainer, callbacks=instantiate_callbacks(cfg), logger=instantiate_loggers(cfg)
+    trainer = instantiate_trainer(
+        cfg, callbacks=instantiate_callbacks(cfg), logger=instantiate_loggers(cfg)
     )
     trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     rank_zero_info(f"run directory: {cfg.paths.output_dir}")

@@ -1,15 +1,22 @@
 """Build the lists of callbacks and loggers from config, and show the config."""
 
+import os
 from collections.abc import Iterable
 
+import lightning as L
 import rich
 import rich.syntax
 import rich.tree
+import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
+
+from common.errors import UserError
 
 
 def instantiate_all(group: DictConfig | None) -> list:
@@ -25,6 +32,21 @@ def instantiate_callbacks(cfg: DictConfig) -> list[Callback]:
 
 def instantiate_loggers(cfg: DictConfig) -> list[Logger]:
     return instantiate_all(cfg.get("logger"))
+
+
+def instantiate_trainer(cfg: DictConfig, **kwargs) -> L.Trainer:
+    """The Trainer; asking for hardware this machine lacks is a user error that says what it has."""
+    try:
+        return instantiate(cfg.trainer, **kwargs)
+    except InstantiationException as err:
+        if not isinstance(err.__cause__, MisconfigurationException | RuntimeError):
+            raise
+        have = f"{torch.cuda.device_count()} CUDA GPU(s) and {os.cpu_count()} CPU cores"
+        raise UserError(
+            f"cannot build the Trainer with trainer.accelerator={cfg.trainer.get('accelerator')} "
+            f"trainer.devices={cfg.trainer.get('devices')}: {str(err.__cause__).rstrip('.!')}. This machine has "
+            f"{have}; trainer=cpu runs anywhere."
+        ) from err
 
 
 @rank_zero_only

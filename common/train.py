@@ -6,15 +6,41 @@ checkpoint, and return the monitored score so Hydra sweepers can optimize it.
 
 import hydra
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from omegaconf import DictConfig, OmegaConf
 
 from common.callbacks import ConfigInCheckpoint
 from common.errors import UserError, exit_on_user_error
-from common.instantiate import instantiate_callbacks, instantiate_loggers, print_config_tree
+from common.instantiate import (
+    instantiate_callbacks,
+    instantiate_loggers,
+    instantiate_trainer,
+    print_config_tree,
+)
 from common.resolvers import register_resolvers
 from common.runs import resolve_ckpt_path, save_run_files
+
+
+def check_sweep_strategy(cfg: DictConfig) -> None:
+    """Refuse a sweep (-m) with strategy=ddp.
+
+    Lightning's ddp re-runs this script, with its command line, once per extra device: under -m
+    every rank would run the whole sweep itself (and with a random sampler, train different
+    points) with no error. ddp_spawn starts its processes inside the job instead, which is safe.
+    """
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    if (
+        multirun
+        and str(cfg.trainer.get("strategy", "")).startswith("ddp")
+        and (cfg.trainer.strategy != "ddp_spawn")
+    ):
+        raise UserError(
+            f"a sweep (-m) cannot use trainer.strategy={cfg.trainer.strategy}: every process "
+            "would run the sweep itself. Use trainer=ddp_spawn for sweeps, or launch one run per point."
+        )
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -26,6 +52,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     which = cfg.get("test_ckpt", "best")
     if which not in ("best", "last"):
         raise UserError(f"test_ckpt={which!r} is not one of best, last")
+    check_sweep_strategy(cfg)
     L.seed_everything(cfg.seed, workers=True)
     if cfg.get("print_config"):
         print_config_tree(cfg)
@@ -37,7 +64,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     callbacks = [*instantiate_callbacks(cfg), ConfigInCheckpoint(resolved)]
     loggers = instantiate_loggers(cfg)
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    trainer = instantiate_trainer(cfg, callbacks=callbacks, logger=loggers)
     for logger in loggers:
         logger.log_hyperparams(resolved)
 

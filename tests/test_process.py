@@ -295,3 +295,17 @@ def test_ddp_on_cpu_trains_with_one_run_directory(tmp_path):
     (run_dir,) = (tmp_path / "logs" / "mnist").iterdir()  # the second rank wrote no run of its own
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert "test/acc" in result.stdout
+
+
+def test_sweep_with_ddp_is_refused_with_the_alternative(tmp_path):
+    result = make(
+        tmp_path,
+        "train",
+        "PROJECT=linreg",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "ARGS=-m model.optimizer.lr=0.01,0.05",
+    )
+    assert_one_readable_error(result, "cannot use trainer.strategy=ddp", "trainer=ddp_spawn")
+    runs = [p for p in (tmp_path / "logs" / "linreg").rglob("checkpoints")]
+    assert not runs  # refused before any training
