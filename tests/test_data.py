@@ -222,3 +222,24 @@ def test_digits_are_real_offline_and_mnist_shaped(tmp_path):
     assert x.shape == (16, 28, 28) and x.dtype == torch.uint8 and y.max() <= 9
     images, _ = dm.on_after_batch_transfer((x, y))
     assert images.shape == (16, 1, 28, 28)
+
+
+def test_unpadded_sampler_covers_every_sample_once():
+    from common.data.loaders import UnpaddedDistributedSampler
+
+    dataset = TensorDataset(torch.arange(10))
+    shards = [list(UnpaddedDistributedSampler(dataset, num_replicas=3, rank=r)) for r in range(3)]
+    assert sorted(sum(shards, [])) == list(range(10))
+    assert [len(s) for s in shards] == [3, 3, 4]
+
+
+def test_dataloader_path_evaluates_on_unpadded_shards_under_ddp(tmp_path):
+    from common.data.loaders import UnpaddedDistributedSampler
+
+    dm = RegressionDataModule(
+        str(tmp_path), num_samples=101, test_size=0.0, val_size=11, loader="dataloader"
+    )
+    dm.trainer = fake_trainer(world_size=2, rank=1)
+    dm.setup("fit")
+    sampler = dm.val_dataloader().sampler
+    assert isinstance(sampler, UnpaddedDistributedSampler) and len(sampler) == 6

@@ -309,3 +309,37 @@ def test_sweep_with_ddp_is_refused_with_the_alternative(tmp_path):
     assert_one_readable_error(result, "cannot use trainer.strategy=ddp", "trainer=ddp_spawn")
     runs = [p for p in (tmp_path / "logs" / "linreg").rglob("checkpoints")]
     assert not runs  # refused before any training
+
+
+def read_test_metrics(run_root: Path) -> dict[str, float]:
+    """Last value of each test metric in the single run under run_root (CSV logger)."""
+    (metrics_file,) = run_root.rglob("metrics.csv")
+    rows = metrics_file.read_text().splitlines()
+    header = rows[0].split(",")
+    values = {}
+    for row in rows[1:]:
+        for key, value in zip(header, row.split(","), strict=True):
+            if key.startswith("test/") and value:
+                values[key] = float(value)
+    return values
+
+
+@pytest.mark.parametrize("loader", ["tensor", "dataloader"])
+def test_ddp_evaluation_equals_single_process(config, tmp_path, loader):
+    # 4,011 samples: a test set of 401, so the two ranks get uneven shards (200 and 201).
+    data = ["data.num_samples=4011", f"data.loader={loader}"]
+    cfg = config("project=linreg", "trainer.max_epochs=1", "logger=csv", *data)
+    train(cfg)
+    ckpt = Path(cfg.paths.output_dir, "checkpoints", "last.ckpt")
+    results = {}
+    for name, trainer in (("single", []), ("ddp", ["trainer=ddp", "trainer.devices=2"])):
+        out = tmp_path / name
+        env = user_env(out)
+        command = ["make", "-s", f"VENV={VENV}", "eval", "PROJECT=linreg", f"ckpt_path={ckpt}"]
+        command += ["logger=csv", "trainer.accelerator=cpu", *trainer, *data]
+        result = run(*command, env=env, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        results[name] = read_test_metrics(out / "logs")
+    assert results["single"].keys() == results["ddp"].keys() >= {"test/loss", "test/r2"}
+    for key, value in results["single"].items():
+        assert results["ddp"][key] == pytest.approx(value, rel=1e-5), key

@@ -4,7 +4,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from common.data.loaders import TensorLoader
+from common.data.loaders import TensorLoader, UnpaddedDistributedSampler
 from common.errors import UserError
 
 LOADERS = ("tensor", "dataloader")
@@ -94,20 +94,28 @@ class DataModule(L.LightningDataModule):
         return self._loader(self.test_set, train=False)
 
     def _loader(self, dataset: Dataset, train: bool):
+        trainer = self.trainer
+        rank = trainer.global_rank if trainer is not None else 0
+        world = trainer.world_size if trainer is not None else 1
         if self.loader == "tensor" and isinstance(dataset, TensorDataset):
-            trainer = self.trainer
             return TensorLoader(
                 *dataset.tensors,
                 batch_size=self.batch_size_per_device,
                 shuffle=train,
                 seed=self.seed,
-                rank=trainer.global_rank if trainer is not None else 0,
-                world_size=trainer.world_size if trainer is not None else 1,
+                rank=rank,
+                world_size=world,
             )
+        # Training shards come from Lightning's DistributedSampler; evaluation shards must not
+        # repeat samples, or metrics under DDP would differ from a single process.
+        sampler = (
+            UnpaddedDistributedSampler(dataset, world, rank) if world > 1 and not train else None
+        )
         return DataLoader(
             dataset,
             batch_size=self.batch_size_per_device,
             shuffle=train,
+            sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,

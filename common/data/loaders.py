@@ -5,6 +5,7 @@ When the whole dataset is a few tensors in memory, one fancy-index per batch doe
 """
 
 import torch
+from torch.utils.data import Dataset, DistributedSampler
 
 
 class TensorLoader:
@@ -79,3 +80,23 @@ class TensorLoader:
         for start in range(0, stop, self.batch_size):
             idx = indices[start : start + self.batch_size]
             yield tuple(t[idx] for t in self.tensors)
+
+
+class UnpaddedDistributedSampler(DistributedSampler):
+    """Evaluation shards without padding: rank r reads samples [r*n/w, (r+1)*n/w) in order.
+
+    torch's DistributedSampler repeats samples so every rank gets as many, which counts them
+    twice in validation and test metrics. Being a DistributedSampler, Lightning keeps it as is.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        n = len(dataset)
+        self.start, self.stop = rank * n // num_replicas, (rank + 1) * n // num_replicas
+        self.num_samples = self.stop - self.start
+
+    def __iter__(self):
+        return iter(range(self.start, self.stop))
+
+    def __len__(self) -> int:
+        return self.num_samples

@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import R2Score
+from torchmetrics import MeanMetric, R2Score
 
 from common.module import TemplateModule
 
@@ -15,6 +15,8 @@ class LinearRegression(TemplateModule):
         super().__init__(optimizer, scheduler)
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
         self.net = net
+        # Metric objects sum over batches and processes: exact epoch values under DDP too.
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.val_r2 = R2Score()
         self.test_r2 = R2Score()
 
@@ -30,13 +32,15 @@ class LinearRegression(TemplateModule):
     def validation_step(self, batch, batch_idx):
         x, y = batch
         pred = self(x)
-        self.log("val/loss", F.mse_loss(pred, y), prog_bar=True, sync_dist=True)
+        self.val_loss.update(F.mse_loss(pred, y), weight=len(y))
+        self.log("val/loss", self.val_loss, prog_bar=True)
         self.val_r2.update(pred, y)
         self.log("val/r2", self.val_r2, prog_bar=True)
 
     def test_step(self, batch, batch_idx):
         x, y = batch
         pred = self(x)
-        self.log("test/loss", F.mse_loss(pred, y), sync_dist=True)
+        self.test_loss.update(F.mse_loss(pred, y), weight=len(y))
+        self.log("test/loss", self.test_loss)
         self.test_r2.update(pred, y)
         self.log("test/r2", self.test_r2)

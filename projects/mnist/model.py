@@ -3,6 +3,7 @@
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from common.figures import confusion_matrix_figure, log_figure
@@ -18,7 +19,9 @@ class MNISTClassifier(TemplateModule):
         # it loads with torch's weights_only=True.
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
         self.net = net
-        # average="micro": the plain fraction of correct predictions.
+        # Metric objects sum over batches and processes, so epoch values under DDP equal the
+        # single-process ones exactly. average="micro": the plain fraction of correct predictions.
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_confusion = MulticlassConfusionMatrix(num_classes)
@@ -35,7 +38,8 @@ class MNISTClassifier(TemplateModule):
     def validation_step(self, batch, batch_idx):
         x, y = batch
         logits = self(x)
-        self.log("val/loss", F.cross_entropy(logits, y), prog_bar=True, sync_dist=True)
+        self.val_loss.update(F.cross_entropy(logits, y), weight=len(y))
+        self.log("val/loss", self.val_loss, prog_bar=True)
         preds = logits.argmax(dim=1)
         self.val_acc(preds, y)
         self.val_confusion.update(preds, y)
@@ -50,6 +54,7 @@ class MNISTClassifier(TemplateModule):
     def test_step(self, batch, batch_idx):
         x, y = batch
         logits = self(x)
-        self.log("test/loss", F.cross_entropy(logits, y), sync_dist=True)
+        self.test_loss.update(F.cross_entropy(logits, y), weight=len(y))
+        self.log("test/loss", self.test_loss)
         self.test_acc(logits.argmax(dim=1), y)
         self.log("test/acc", self.test_acc)
