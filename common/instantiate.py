@@ -39,7 +39,7 @@ def instantiate_trainer(cfg: DictConfig, **kwargs) -> L.Trainer:
     try:
         return instantiate(cfg.trainer, **kwargs)
     except InstantiationException as err:
-        if not isinstance(err.__cause__, MisconfigurationException | RuntimeError):
+        if not isinstance(err.__cause__, MisconfigurationException | RuntimeError | ValueError):
             raise
         have = f"{torch.cuda.device_count()} CUDA GPU(s) and {os.cpu_count()} CPU cores"
         raise UserError(

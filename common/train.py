@@ -25,21 +25,22 @@ from common.runs import resolve_ckpt_path, save_run_files
 
 
 def check_sweep_strategy(cfg: DictConfig) -> None:
-    """Refuse a sweep (-m) with strategy=ddp.
+    """Refuse a local sweep (-m) with strategy=ddp.
 
     Lightning's ddp re-runs this script, with its command line, once per extra device: under -m
     every rank would run the whole sweep itself (and with a random sampler, train different
-    points) with no error. ddp_spawn starts its processes inside the job instead, which is safe.
+    points) with no error. ddp_spawn starts its processes inside the job instead, and a cluster
+    launcher (hydra/launcher=slurm) gives each point its own job, where Lightning relaunches
+    nothing: both are safe.
     """
-    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    if (
-        multirun
-        and str(cfg.trainer.get("strategy", "")).startswith("ddp")
-        and (cfg.trainer.strategy != "ddp_spawn")
-    ):
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return
+    strategy = str(cfg.trainer.get("strategy", ""))
+    launcher = HydraConfig.get().runtime.choices.get("hydra/launcher", "basic")
+    if strategy.startswith("ddp") and strategy != "ddp_spawn" and launcher == "basic":
         raise UserError(
-            f"a sweep (-m) cannot use trainer.strategy={cfg.trainer.strategy}: every process "
-            "would run the sweep itself. Use trainer=ddp_spawn for sweeps, or launch one run per point."
+            f"a local sweep (-m) cannot use trainer.strategy={strategy}: every process would run "
+            "the sweep itself. Use trainer=ddp_spawn, or hydra/launcher=slurm (one job per point)."
         )
 
 

@@ -140,3 +140,19 @@ def test_bad_loader_name_is_a_user_error(tmp_path):
         instantiate(cfg.data)
     assert isinstance(info.value.__cause__, UserError)
     assert "tensor, dataloader" in str(info.value.__cause__)
+
+
+def test_slurm_launcher_takes_its_shape_from_the_trainer(tmp_path):
+    overrides = ["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"]
+    cfg = make_config(tmp_path, overrides, keep_hydra=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
+
+
+def test_slurm_batch_script_is_valid_bash():
+    import subprocess
+
+    script = REPO_ROOT / "scripts" / "slurm" / "train.sbatch"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    assert "srun" in script.read_text() and "hydra.run.dir=" in script.read_text()

@@ -343,3 +343,71 @@ def test_ddp_evaluation_equals_single_process(config, tmp_path, loader):
     assert results["single"].keys() == results["ddp"].keys() >= {"test/loss", "test/r2"}
     for key, value in results["single"].items():
         assert results["ddp"][key] == pytest.approx(value, rel=1e-5), key
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_rank_that_raises_ends_the_whole_ddp_job(tmp_path, rank):
+    # subprocess.run's timeout turns a hang (one rank waiting forever on the other) into a failure.
+    result = make(
+        tmp_path,
+        "train",
+        "PROJECT=linreg",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "+callbacks.crash._target_=tests.helpers.CrashOnRank",
+        f"+callbacks.crash.rank={rank}",
+        timeout=180,
+    )
+    assert result.returncode != 0
+    assert f"injected failure on rank {rank}" in result.stderr
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_node_torchrun_on_one_machine(tmp_path):
+    """Two `torchrun --nnodes=2` launches on 127.0.0.1, as two machines would run them."""
+    import subprocess
+
+    port, run_dir = free_port(), tmp_path / "run"
+    launches = []
+    for node in (0, 1):
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes=2",
+            f"--node_rank={node}",
+            "--nproc_per_node=1",
+            "--master_addr=127.0.0.1",
+            f"--master_port={port}",
+            "-m",
+            "common.train",
+            "project=linreg",
+            "trainer=ddp",
+            "trainer.accelerator=cpu",
+            "trainer.devices=1",
+            "trainer.num_nodes=2",
+            "trainer.max_epochs=1",
+            f"hydra.run.dir={run_dir}",
+        ]
+        launches.append(
+            subprocess.Popen(
+                command,
+                cwd=ROOT,
+                env=user_env(tmp_path),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    outputs = [p.communicate(timeout=300)[0] for p in launches]
+    assert [p.returncode for p in launches] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in outputs[1]
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()

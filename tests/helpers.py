@@ -1,0 +1,14 @@
+"""Callbacks that only tests use, importable by the processes tests launch (run from the repo root)."""
+
+from lightning.pytorch.callbacks import Callback
+
+
+class CrashOnRank(Callback):
+    """Raise in one process at one training step: a stand-in for a rank that dies mid-run."""
+
+    def __init__(self, rank: int = 1, step: int = 3):
+        self.rank, self.step = rank, step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_rank == self.rank and trainer.global_step == self.step:
+            raise RuntimeError(f"injected failure on rank {self.rank} at step {self.step}")
