@@ -22,7 +22,7 @@ export MALLOC_TRIM_THRESHOLD_ ?= 17179869184
 export MALLOC_TOP_PAD_ ?= 268435456
 
 .DEFAULT_GOAL := help
-.PHONY: help install train eval test test-all bench lint format list tensorboard clean
+.PHONY: help install train eval test test-all bench bench-ddp lint format list tensorboard clean
 
 help: ## Show this help
 	@echo "Usage: make <target> [PROJECT=<name>] [key=value ...] [ARGS='<other hydra args>'] [DRY=1]"
@@ -59,6 +59,9 @@ test-all: $(PY) ## Every test, the slow process-level ones included
 bench: $(PY) ## Benchmarks: make-train stack vs plain loop (ARGS go to it), tensor loader vs DataLoader
 	$(PY) -m benchmarks.stack $(ARGS)
 	$(PY) -m benchmarks.loaders
+
+bench-ddp: $(PY) ## DDP scaling: samples/s with 1 and 2 processes, and the efficiency
+	$(PY) -m benchmarks.ddp $(ARGS)
 
 lint: $(PY) ## Ruff lint and format check
 	$(VENV)/bin/ruff check .

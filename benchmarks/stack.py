@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
 from common.instantiate import instantiate_callbacks, instantiate_loggers
 from common.resolvers import REPO_ROOT, register_resolvers
@@ -69,6 +69,10 @@ def mnist_config(out: Path, steps: int, batch_size: int, extra: list[str] = ()):
         cfg.paths.output_dir = str(out)
         cfg.paths.log_dir = str(out)
         del cfg["hydra"]
+    # Resolved, the config needs no Hydra state; cleared, Lightning's ddp re-launches this
+    # script as it is instead of as a Hydra app.
+    OmegaConf.resolve(cfg)
+    HydraConfig.instance().cfg = None
     return cfg
 
 

@@ -1,0 +1,100 @@
+"""DDP scaling: samples/s of the mnist recipe with 1 and 2 processes, and the efficiency.
+
+gloo on CPU (the processes share the machine's cores), NCCL on GPUs (one process per GPU). The
+global batch stays `--batch-size`, so with 2 processes each computes half of it per step.
+Each measurement is a fresh `python -m common.train`-style launch: Lightning re-runs this
+script once per extra process, as it does for `make train trainer=ddp`.
+Run: `make bench-ddp` or `python -m benchmarks.ddp --steps 150`.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+
+from benchmarks.stack import StepTimer, mnist_config
+from common.instantiate import instantiate_callbacks, instantiate_trainer
+
+
+def worker(processes: int, accelerator: str, steps: int, warmup: int, batch_size: int) -> None:
+    """One fit with `processes` DDP processes; rank 0 prints the timed seconds as JSON."""
+    # Lightning's re-launched ranks run this too, so the folder must be one all ranks agree on.
+    out = Path(os.environ.setdefault("BENCH_DDP_DIR", TemporaryDirectory().name))
+    overrides = [
+        "trainer=ddp",
+        f"trainer.devices={processes}",
+        f"trainer.accelerator={accelerator}",
+        "callbacks.lr_monitor=null",  # it needs a logger; none here
+        "callbacks.progress_bar=null",
+        "+trainer.enable_progress_bar=false",
+    ]
+    cfg = mnist_config(out, steps, batch_size, overrides)
+    L.seed_everything(cfg.seed, verbose=False)
+    timer = StepTimer(warmup)
+    trainer = instantiate_trainer(cfg, callbacks=[*instantiate_callbacks(cfg), timer], logger=False)
+    trainer.fit(instantiate(cfg.model), datamodule=instantiate(cfg.data))
+    if trainer.is_global_zero:
+        print("RESULT " + json.dumps({"wall": timer.end[0] - timer.start[0]}), flush=True)
+
+
+def measure(processes: int, args) -> float:
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.ddp",
+        "--worker",
+        str(processes),
+        "--accelerator",
+        args.accelerator,
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--batch-size",
+        str(args.batch_size),
+    ]
+    with TemporaryDirectory() as tmp:
+        env = {**os.environ, "BENCH_DDP_DIR": tmp}
+        out = subprocess.run(command, capture_output=True, text=True, env=env)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+    if out.returncode != 0 or not lines:
+        sys.exit(f"benchmark run with {processes} process(es) failed:\n{out.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT ") :])["wall"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--warmup", type=int, default=30)
+    parser.add_argument("--batch-size", type=int, default=128)
+    gpu = torch.cuda.device_count() >= 2
+    parser.add_argument("--accelerator", default="gpu" if gpu else "cpu", choices=["cpu", "gpu"])
+    parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.worker, args.accelerator, args.steps, args.warmup, args.batch_size)
+        return
+
+    timed = args.steps - args.warmup
+    rates = {}
+    for processes in (1, 2):
+        rates[processes] = timed * args.batch_size / measure(processes, args)
+        print(f"{processes} process(es): {rates[processes]:8.1f} samples/s", flush=True)
+    backend = "NCCL" if args.accelerator == "gpu" else f"gloo, {os.cpu_count()} CPU cores shared"
+    print(
+        f"\nmnist ConvNet under DDP ({backend}), global batch {args.batch_size}, "
+        f"{timed} timed steps after {args.warmup} warm-up"
+    )
+    print(f"speed-up with 2 processes: {rates[2] / rates[1]:.2f}x")
+    print(f"scaling efficiency: {rates[2] / (2 * rates[1]):.0%} (100% = twice the samples/s)")
+
+
+if __name__ == "__main__":
+    main()

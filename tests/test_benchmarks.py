@@ -1,0 +1,26 @@
+"""The benchmarks still run (tiny sizes): what they print is read by people, not asserted on."""
+
+import re
+import sys
+
+from tests.conftest import run
+
+
+def test_stack_benchmark_runs_both_paths():
+    result = run(
+        sys.executable, "-m", "benchmarks.stack", "--steps", "8", "--warmup", "2", "--rounds", "1"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(r"time ratio, stack / plain loop: \d+\.\d+x wall", result.stdout)
+
+
+def test_loader_benchmark_runs_every_path():
+    result = run(sys.executable, "-m", "benchmarks.loaders", "--samples", "2000")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "TensorLoader" in result.stdout and "speed-up" in result.stdout
+
+
+def test_ddp_benchmark_runs_one_and_two_processes():
+    result = run(sys.executable, "-m", "benchmarks.ddp", "--steps", "8", "--warmup", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 process(es):" in result.stdout and "scaling efficiency" in result.stdout
