@@ -3,7 +3,11 @@
 import re
 import sys
 
+import pytest
+
 from tests.conftest import run
+
+pytestmark = pytest.mark.slow  # a minute in all: `make test-all`
 
 
 def test_stack_benchmark_runs_both_paths():

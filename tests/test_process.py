@@ -345,6 +345,7 @@ def test_ddp_evaluation_equals_single_process(config, tmp_path, loader):
         assert results["ddp"][key] == pytest.approx(value, rel=1e-5), key
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rank", [0, 1])
 def test_a_rank_that_raises_ends_the_whole_ddp_job(tmp_path, rank):
     # subprocess.run's timeout turns a hang (one rank waiting forever on the other) into a failure.
@@ -371,6 +372,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_node_torchrun_on_one_machine(tmp_path):
     """Two `torchrun --nnodes=2` launches on 127.0.0.1, as two machines would run them."""
     import subprocess
