@@ -10,6 +10,7 @@ Run: `make bench-ddp` or `python -m benchmarks.ddp --steps 150`.
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -74,6 +75,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians shown")
     gpu = torch.cuda.device_count() >= 2
     parser.add_argument("--accelerator", default="gpu" if gpu else "cpu", choices=["cpu", "gpu"])
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
@@ -83,17 +85,24 @@ def main() -> None:
         return
 
     timed = args.steps - args.warmup
-    rates = {}
-    for processes in (1, 2):
-        rates[processes] = timed * args.batch_size / measure(processes, args)
-        print(f"{processes} process(es): {rates[processes]:8.1f} samples/s", flush=True)
+    rates = {1: [], 2: []}
+    for round_ in range(args.rounds):
+        for processes in (1, 2) if round_ % 2 == 0 else (2, 1):  # alternate against drift
+            rates[processes].append(timed * args.batch_size / measure(processes, args))
+            print(
+                f"round {round_ + 1}, {processes} process(es): {rates[processes][-1]:8.1f} samples/s",
+                flush=True,
+            )
+    speedup = statistics.median(two / one for one, two in zip(rates[1], rates[2], strict=True))
     backend = "NCCL" if args.accelerator == "gpu" else f"gloo, {os.cpu_count()} CPU cores shared"
     print(
         f"\nmnist ConvNet under DDP ({backend}), global batch {args.batch_size}, "
-        f"{timed} timed steps after {args.warmup} warm-up"
+        f"{timed} timed steps after {args.warmup} warm-up, medians of {args.rounds} rounds"
     )
-    print(f"speed-up with 2 processes: {rates[2] / rates[1]:.2f}x")
-    print(f"scaling efficiency: {rates[2] / (2 * rates[1]):.0%} (100% = twice the samples/s)")
+    for processes in (1, 2):
+        print(f"{processes} process(es): {statistics.median(rates[processes]):8.1f} samples/s")
+    print(f"speed-up with 2 processes: {speedup:.2f}x")
+    print(f"scaling efficiency: {speedup / 2:.0%} (100% = twice the samples/s)")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ def test_loader_benchmark_runs_every_path():
 
 
 def test_ddp_benchmark_runs_one_and_two_processes():
-    result = run(sys.executable, "-m", "benchmarks.ddp", "--steps", "8", "--warmup", "2")
+    result = run(
+        sys.executable, "-m", "benchmarks.ddp", "--steps", "8", "--warmup", "2", "--rounds", "1"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 process(es):" in result.stdout and "scaling efficiency" in result.stdout
