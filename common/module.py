@@ -12,7 +12,7 @@ class TemplateModule(L.LightningModule):
     """A LightningModule whose optimizer and scheduler come from config as partials.
 
     `optimizer` is called with the parameters; `scheduler` (or None) with the optimizer, and with
-    `total_steps` when it takes one (OneCycleLR, `common.optim.warmup_cosine`): such schedulers
+    `total_steps` when it takes one (OneCycleLR, `warmup_cosine` below): such schedulers
     step every batch, others every epoch.
     """
 

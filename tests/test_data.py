@@ -140,7 +140,7 @@ def test_synthetic_mnist_has_the_real_shapes_dtypes_and_ranges(tmp_path):
     assert y.dtype == torch.int64 and 0 <= y.min() and y.max() <= 9
     images, labels = dm.on_after_batch_transfer((x, y))
     assert images.shape == (32, 1, 28, 28) and images.dtype == torch.float32
-    assert images.min() >= -0.5 and images.max() <= (1 - dm.mean) / dm.std + 1e-5
+    assert images.min() >= -0.5 and images.max() <= (1 - dm.mean[0]) / dm.std[0] + 1e-5
     assert torch.equal(labels, y)
 
 
@@ -243,3 +243,59 @@ def test_dataloader_path_evaluates_on_unpadded_shards_under_ddp(tmp_path):
     dm.setup("fit")
     sampler = dm.val_dataloader().sampler
     assert isinstance(sampler, UnpaddedDistributedSampler) and len(sampler) == 6
+
+
+# --- CIFAR-10 and augmentation -------------------------------------------------------------------
+
+
+def fake_cifar(root: Path, per_batch: int = 20) -> Path:
+    import pickle
+
+    raw = root / "cifar-10-batches-py"
+    raw.mkdir(parents=True)
+    for i, name in enumerate([*(f"data_batch_{j}" for j in range(1, 6)), "test_batch"]):
+        images, labels = synthetic_images(per_batch, 10, (3, 32, 32), seed=0, split_seed=i)
+        batch = {b"data": images.reshape(per_batch, -1).numpy(), b"labels": labels.tolist()}
+        (raw / name).write_bytes(pickle.dumps(batch))
+    return raw
+
+
+def test_cifar10_reads_the_batch_files_into_uint8_tensors(tmp_path):
+    from common.data.cifar10 import CIFAR10DataModule
+
+    fake_cifar(tmp_path)
+    dm = CIFAR10DataModule(
+        str(tmp_path), in_chans=3, image_size=32, val_size=10, download=False, batch_size=8
+    )
+    dm.setup("fit")
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (90, 10, 20)
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (8, 3, 32, 32) and x.dtype == torch.uint8 and y.dtype == torch.int64
+    images, _ = dm.on_after_batch_transfer((x, y))
+    assert images.shape == (8, 3, 32, 32) and images.dtype == torch.float32
+
+
+def test_missing_cifar10_names_folder_files_and_switch(tmp_path):
+    from common.data.cifar10 import CIFAR10DataModule
+
+    dm = CIFAR10DataModule(str(tmp_path), in_chans=3, image_size=32, download=False)
+    with pytest.raises(UserError) as info:
+        dm.prepare_data()
+    assert "cifar-10-batches-py" in str(info.value) and "data_batch_1" in str(info.value)
+    assert "data.synthetic=true" in str(info.value)
+
+
+def test_flip_and_translate_keep_shape_and_move_pixels():
+    from common.data.images import flip_and_translate
+
+    torch.manual_seed(0)
+    images = torch.rand(64, 3, 8, 8)
+    out = flip_and_translate(images, flip=True, padding=2)
+    assert out.shape == images.shape
+    changed = (out != images).flatten(1).any(1)
+    assert changed.float().mean() > 0.8  # unchanged only when unflipped and not shifted (1 in 50)
+    only_flip = flip_and_translate(images, flip=True, padding=0)
+    for a, b in zip(only_flip, images, strict=True):  # each sample is itself or its mirror
+        assert torch.equal(a, b) or torch.equal(a, b.flip(2))
+    shifted = flip_and_translate(torch.ones(16, 1, 8, 8), flip=False, padding=2)
+    assert shifted.sum((1, 2, 3)).min() >= 6 * 6  # at most 2 rows and 2 columns of zero padding
