@@ -8,7 +8,8 @@ from tests.conftest import PROJECTS, options
 
 @pytest.mark.parametrize("project", PROJECTS)
 def test_fast_dev_run(config, project):
-    cfg = config(f"project={project}", "debug=fdr", "data.synthetic=true")
+    # A small batch: fast_dev_run checks that everything connects, not speed.
+    cfg = config(f"project={project}", "debug=fdr", "data.synthetic=true", "data.batch_size=32")
     metrics = train(cfg)
     assert "train/loss" in metrics
     assert any(k.startswith("test/") for k in metrics)

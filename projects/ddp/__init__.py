@@ -1,0 +1,1 @@
+"""Distributed data parallel showcase: a ResNet on CIFAR-10."""
