@@ -1,7 +1,9 @@
-"""DDP scaling: samples/s of the mnist recipe with 1 and 2 processes, and the efficiency.
+"""DDP scaling: samples/s of a project's recipe with 1 and 2 processes, and the efficiency.
 
 gloo on CPU (the processes share the machine's cores), NCCL on GPUs (one process per GPU). The
-global batch stays `--batch-size`, so with 2 processes each computes half of it per step.
+global batch stays `--batch-size`, so with 2 processes each computes half of it per step. The
+default project is `ddp` (ResNet-18 on CIFAR-10 shapes) on GPUs and `mnist` on CPU, where a
+ResNet-18 step takes seconds.
 Each measurement is a fresh `python -m common.train`-style launch: Lightning re-runs this
 script once per extra process, as it does for `make train trainer=ddp`.
 Run: `make bench-ddp` or `python -m benchmarks.ddp --steps 150`.
@@ -24,21 +26,21 @@ from benchmarks.stack import StepTimer, mnist_config
 from common.instantiate import instantiate_callbacks, instantiate_trainer
 
 
-def worker(processes: int, accelerator: str, steps: int, warmup: int, batch_size: int) -> None:
+def worker(processes: int, args) -> None:
     """One fit with `processes` DDP processes; rank 0 prints the timed seconds as JSON."""
     # Lightning's re-launched ranks run this too, so the folder must be one all ranks agree on.
     out = Path(os.environ.setdefault("BENCH_DDP_DIR", TemporaryDirectory().name))
     overrides = [
         "trainer=ddp",
         f"trainer.devices={processes}",
-        f"trainer.accelerator={accelerator}",
+        f"trainer.accelerator={args.accelerator}",
         "callbacks.lr_monitor=null",  # it needs a logger; none here
         "callbacks.progress_bar=null",
         "+trainer.enable_progress_bar=false",
     ]
-    cfg = mnist_config(out, steps, batch_size, overrides)
+    cfg = mnist_config(out, args.steps, args.batch_size, overrides, project=args.project)
     L.seed_everything(cfg.seed, verbose=False)
-    timer = StepTimer(warmup)
+    timer = StepTimer(args.warmup)
     trainer = instantiate_trainer(cfg, callbacks=[*instantiate_callbacks(cfg), timer], logger=False)
     trainer.fit(instantiate(cfg.model), datamodule=instantiate(cfg.data))
     if trainer.is_global_zero:
@@ -78,10 +80,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians shown")
     gpu = torch.cuda.device_count() >= 2
     parser.add_argument("--accelerator", default="gpu" if gpu else "cpu", choices=["cpu", "gpu"])
+    parser.add_argument("--project", default="ddp" if gpu else "mnist")
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, args.accelerator, args.steps, args.warmup, args.batch_size)
+        worker(args.worker, args)
         return
 
     timed = args.steps - args.warmup
@@ -96,7 +99,7 @@ def main() -> None:
     speedup = statistics.median(two / one for one, two in zip(rates[1], rates[2], strict=True))
     backend = "NCCL" if args.accelerator == "gpu" else f"gloo, {os.cpu_count()} CPU cores shared"
     print(
-        f"\nmnist ConvNet under DDP ({backend}), global batch {args.batch_size}, "
+        f"\nproject {args.project} under DDP ({backend}), global batch {args.batch_size}, "
         f"{timed} timed steps after {args.warmup} warm-up, medians of {args.rounds} rounds"
     )
     for processes in (1, 2):

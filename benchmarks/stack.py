@@ -46,11 +46,15 @@ class StepTimer(L.Callback):
         self.end = clocks()
 
 
-def mnist_config(out: Path, steps: int, batch_size: int, extra: list[str] = ()):
+def mnist_config(
+    out: Path, steps: int, batch_size: int, extra: list[str] = (), project: str = "mnist"
+):
+    """A project's config on synthetic data, `steps` optimizer steps, no validation, under `out`."""
     register_resolvers()
     overrides = [
-        "project=mnist",
+        f"project={project}",
         "data.synthetic=true",
+        "data.val_size=0.01",
         f"data.synthetic_size=[{(steps + 10) * batch_size * 10 // 9},100]",
         f"data.batch_size={batch_size}",
         f"trainer.max_steps={steps}",

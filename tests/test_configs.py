@@ -156,3 +156,12 @@ def test_slurm_batch_script_is_valid_bash():
     script = REPO_ROOT / "scripts" / "slurm" / "train.sbatch"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     assert "srun" in script.read_text() and "hydra.run.dir=" in script.read_text()
+
+
+def test_more_gpus_than_the_machine_has_is_one_readable_error(tmp_path):
+    have = torch.cuda.device_count()
+    cfg = make_config(
+        tmp_path, ["trainer=ddp", "trainer.accelerator=gpu", f"trainer.devices={have + 4}"]
+    )
+    with pytest.raises(UserError, match=f"This machine has {have} CUDA GPU"):
+        instantiate_trainer(cfg)
