@@ -30,7 +30,7 @@ help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
 	@echo
 	@echo "Projects (PROJECT=...):"
-	@$(PY) -m common.launcher list 2>/dev/null | sed 's/^/  /' || echo "  (run make install first)"
+	@if [ -x $(PY) ]; then $(PY) -m common.launcher list | sed 's/^/  /'; else echo "  (run make install first)"; fi
 
 install: $(VENV)/.installed ## Create .venv and install the repo with its dev tools (fast when done)
 
