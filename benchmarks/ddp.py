@@ -15,6 +15,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
@@ -29,7 +30,9 @@ from common.instantiate import instantiate_callbacks, instantiate_trainer
 def worker(processes: int, args) -> None:
     """One fit with `processes` DDP processes; rank 0 prints the timed seconds as JSON."""
     # Lightning's re-launched ranks run this too, so the folder must be one all ranks agree on.
-    out = Path(os.environ.setdefault("BENCH_DDP_DIR", TemporaryDirectory().name))
+    if "BENCH_DDP_DIR" not in os.environ:  # a worker started by hand, not by `measure`
+        os.environ["BENCH_DDP_DIR"] = tempfile.mkdtemp()
+    out = Path(os.environ["BENCH_DDP_DIR"])
     overrides = [
         "trainer=ddp",
         f"trainer.devices={processes}",
