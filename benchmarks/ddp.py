@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -23,7 +22,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 
-from benchmarks.stack import StepTimer, mnist_config
+from benchmarks.stack import StepTimer, bench_config, run_worker
 from common.instantiate import instantiate_callbacks, instantiate_trainer
 
 
@@ -41,7 +40,7 @@ def worker(processes: int, args) -> None:
         "callbacks.progress_bar=null",
         "+trainer.enable_progress_bar=false",
     ]
-    cfg = mnist_config(out, args.steps, args.batch_size, overrides, project=args.project)
+    cfg = bench_config(out, args.steps, args.batch_size, overrides, project=args.project)
     L.seed_everything(cfg.seed, verbose=False)
     timer = StepTimer(args.warmup)
     trainer = instantiate_trainer(cfg, callbacks=[*instantiate_callbacks(cfg), timer], logger=False)
@@ -68,11 +67,8 @@ def measure(processes: int, args) -> float:
     ]
     with TemporaryDirectory() as tmp:
         env = {**os.environ, "BENCH_DDP_DIR": tmp}
-        out = subprocess.run(command, capture_output=True, text=True, env=env)
-    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
-    if out.returncode != 0 or not lines:
-        sys.exit(f"benchmark run with {processes} process(es) failed:\n{out.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT ") :])["wall"]
+        failure = f"benchmark run with {processes} process(es) failed"
+        return run_worker(command, failure, env)["wall"]
 
 
 def main() -> None:

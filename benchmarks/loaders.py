@@ -5,32 +5,15 @@ normalized float batches (B, 1, 28, 28) through each path. Run: `python -m bench
 """
 
 import argparse
-import struct
 import time
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
-import torch
 from torch.utils.data import DataLoader
 from torchvision import transforms
 from torchvision.datasets import MNIST
 
-from common.data.mnist import MNISTDataModule
-from common.data.synthetic import synthetic_images
-
-
-def write_idx(path: Path, array: torch.Tensor) -> None:
-    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    path.write_bytes(header + array.numpy().tobytes())
-
-
-def write_fake_mnist(root: Path, n_train: int) -> None:
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    for prefix, n in (("train", n_train), ("t10k", 1000)):
-        images, labels = synthetic_images(n, 10, (28, 28), seed=0, split_seed=n)
-        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
-        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels.to(torch.uint8))
+from common.data.mnist import MNISTDataModule, write_synthetic_mnist
 
 
 def time_epoch(batches, finish=lambda b: b) -> tuple[float, int]:
@@ -48,7 +31,7 @@ def main() -> None:
     args = parser.parse_args()
 
     with TemporaryDirectory() as tmp:
-        write_fake_mnist(Path(tmp), args.samples)
+        write_synthetic_mnist(Path(tmp), args.samples, 1000)
         normalize = transforms.Compose(
             [transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))]
         )

@@ -46,7 +46,7 @@ class StepTimer(L.Callback):
         self.end = clocks()
 
 
-def mnist_config(
+def bench_config(
     out: Path, steps: int, batch_size: int, extra: list[str] = (), project: str = "mnist"
 ):
     """A project's config on synthetic data, `steps` optimizer steps, no validation, under `out`."""
@@ -130,9 +130,18 @@ def run_plain(cfg, warmup: int) -> tuple[float, float, float]:
 def worker(path: str, steps: int, warmup: int, batch_size: int, overrides: list[str]) -> None:
     """One timed run in this process; prints its (wall, cpu, start-up) seconds as JSON."""
     with TemporaryDirectory() as tmp:
-        cfg = mnist_config(Path(tmp), steps, batch_size, overrides)
+        cfg = bench_config(Path(tmp), steps, batch_size, overrides)
         result = {"plain": run_plain, "lightning": run_lightning}[path](cfg, warmup)
     print("RESULT " + json.dumps(result))
+
+
+def run_worker(command: list[str], failure: str, env: dict | None = None):
+    """Run a benchmark worker process; return what it printed as `RESULT <json>`."""
+    out = subprocess.run(command, capture_output=True, text=True, env=env)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+    if out.returncode != 0 or not lines:
+        sys.exit(f"{failure}:\n{out.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def spawn(path: str, args) -> tuple[float, float, float]:
@@ -150,11 +159,7 @@ def spawn(path: str, args) -> tuple[float, float, float]:
         str(args.batch_size),
         *args.overrides,
     ]
-    out = subprocess.run(command, capture_output=True, text=True)
-    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
-    if out.returncode != 0 or not lines:
-        sys.exit(f"benchmark run failed ({path}):\n{out.stderr[-3000:]}")
-    return tuple(json.loads(lines[-1][len("RESULT ") :]))
+    return tuple(run_worker(command, f"benchmark run failed ({path})"))
 
 
 def main() -> None:

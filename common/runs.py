@@ -91,7 +91,10 @@ def load_checkpoint(path: str) -> dict:
 
 
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:
-    """`ckpt_path` from the config, with `last` meaning this project's newest last.ckpt; checked."""
+    """`ckpt_path` from the config, with `last` meaning this project's newest last.ckpt.
+
+    Only names the file: callers read it with `load_checkpoint`, once.
+    """
     if OmegaConf.is_missing(cfg, "ckpt_path"):
         raise UserError("this needs a checkpoint: ckpt_path=<file>, or ckpt_path=last")
     path = cfg.get("ckpt_path")
@@ -100,5 +103,4 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     if path == "last":
         path = find_last_checkpoint(cfg.paths.log_dir, cfg.name, exclude=cfg.paths.output_dir)
         rank_zero_info(f"ckpt_path=last: {path}")
-    load_checkpoint(path)
     return str(path)

@@ -21,7 +21,7 @@ from common.instantiate import (
     print_config_tree,
 )
 from common.resolvers import register_resolvers
-from common.runs import resolve_ckpt_path, save_run_files
+from common.runs import load_checkpoint, resolve_ckpt_path, save_run_files
 
 
 def check_sweep_strategy(cfg: DictConfig) -> None:
@@ -59,6 +59,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         print_config_tree(cfg)
     save_run_files(cfg, cfg.paths.output_dir)
     ckpt_path = resolve_ckpt_path(cfg)
+    if ckpt_path:
+        load_checkpoint(ckpt_path)  # a missing or corrupt file: one message, before any work
 
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)

@@ -1,6 +1,5 @@
 """The shared datamodule layer: splits, loaders, per-device batches, MNIST files and errors."""
 
-import struct
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -10,26 +9,14 @@ from torch.utils.data import TensorDataset
 
 from common.data import TensorLoader
 from common.data.base import split
-from common.data.mnist import RAW_FILES, MNISTDataModule
+from common.data.mnist import RAW_FILES, MNISTDataModule, write_synthetic_mnist
 from common.data.regression import RegressionDataModule
 from common.data.synthetic import synthetic_images
 from common.errors import UserError
 
 
-def write_idx(path: Path, array: torch.Tensor) -> None:
-    """Write a uint8 tensor in MNIST's IDX format (magic: 0x08 = ubyte, then the rank)."""
-    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    path.write_bytes(header + array.to(torch.uint8).numpy().tobytes())
-
-
 def fake_mnist(root: Path, n_train: int = 60, n_test: int = 20) -> Path:
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        images, labels = synthetic_images(n, 10, (28, 28), seed=0, split_seed=n)
-        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
-        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
-    return raw
+    return write_synthetic_mnist(root, n_train, n_test)
 
 
 def fake_trainer(world_size: int, rank: int = 0):

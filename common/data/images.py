@@ -14,7 +14,7 @@ from common.errors import UserError
 def flip_and_translate(images: torch.Tensor, flip: bool, padding: int) -> torch.Tensor:
     """Random horizontal flips and random crops from a zero-padded image, per sample, in one go.
 
-    images: float (B, C, H, W) on any device; returns the same shape. Uses torch's global RNG,
+    images: float (B, C, H, W) on any device, padded with 0; returns the same shape. Uses torch's global RNG,
     which `seed_everything` seeds.
     """
     b, _, h, w = images.shape
@@ -73,6 +73,7 @@ class ImageDataModule(DataModule):
         self.synthetic_size = tuple(synthetic_size)
         self.download = download
         self.flip, self.crop_padding = flip, crop_padding
+        self._affine_cache: tuple = (None, None)  # (key, (scale, shift)), see `_affine`
 
     @property
     def raw_dir(self) -> Path:
@@ -125,17 +126,29 @@ class ImageDataModule(DataModule):
                 "Delete the folder to download again, or use data.synthetic=true"
             ) from err
 
+    def _affine(self, channels: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, shift), each (1, C, 1, 1): uint8 x -> (x / 255 - mean) / std as x * scale + shift.
+
+        Made once per device (and again if `mean`/`std` change, as digits' do on reading), not
+        per batch: a fresh host tensor each step would be a copy to the GPU in the hot loop.
+        """
+        key = (channels, str(device), self.mean, self.std)
+        if self._affine_cache[0] != key:
+            mean = torch.tensor(self.mean, device=device).expand(channels).view(1, -1, 1, 1)
+            std = torch.tensor(self.std, device=device).expand(channels).view(1, -1, 1, 1)
+            self._affine_cache = (key, (1 / (255 * std), -mean / std))
+        return self._affine_cache[1]
+
     def on_after_batch_transfer(self, batch, dataloader_idx: int = 0):
         images, labels = batch
         if images.dtype != torch.uint8:
             return images, labels
-        images = images.float().div_(255)
         if images.ndim == 3:
             images = images.unsqueeze(1)  # (B, H, W) -> (B, 1, H, W)
+        images = images.float()  # (B, C, H, W), 0..255
         trainer = self.trainer
         if trainer is not None and trainer.training and (self.flip or self.crop_padding):
+            # Before normalizing, so the padding is black, as with torchvision's RandomCrop.
             images = flip_and_translate(images, self.flip, self.crop_padding)
-        channels = images.shape[1]
-        mean = torch.tensor(self.mean, device=images.device).expand(channels).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=images.device).expand(channels).view(1, -1, 1, 1)
-        return (images - mean) / std, labels
+        scale, shift = self._affine(images.shape[1], images.device)
+        return torch.addcmul(shift, images, scale), labels

@@ -8,6 +8,11 @@ import torch
 from torch.utils.data import Dataset, DistributedSampler
 
 
+def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    """[start, stop) of rank's contiguous evaluation shard of n samples: no padding, no repeats."""
+    return rank * n // world_size, (rank + 1) * n // world_size
+
+
 class TensorLoader:
     """Iterate over `tensors` (same first dimension) in batches, optionally shuffled.
 
@@ -57,17 +62,15 @@ class TensorLoader:
         if self.shuffle:
             gen = torch.Generator().manual_seed(self.seed + self.epoch)
             order = torch.randperm(n, generator=gen)
-            per_rank = n // self.world_size
-            return order[self.rank :: self.world_size][:per_rank]
-        return torch.arange(
-            self.rank * n // self.world_size, (self.rank + 1) * n // self.world_size
-        )
+            return order[self.rank :: self.world_size][: n // self.world_size]
+        return torch.arange(*shard_bounds(n, self.rank, self.world_size))
 
     def _num_samples(self) -> int:
         n = len(self.tensors[0])
         if self.shuffle:
             return n // self.world_size
-        return (self.rank + 1) * n // self.world_size - self.rank * n // self.world_size
+        start, stop = shard_bounds(n, self.rank, self.world_size)
+        return stop - start
 
     def __len__(self) -> int:
         n = self._num_samples()
@@ -91,8 +94,7 @@ class UnpaddedDistributedSampler(DistributedSampler):
 
     def __init__(self, dataset: Dataset, num_replicas: int, rank: int):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
-        n = len(dataset)
-        self.start, self.stop = rank * n // num_replicas, (rank + 1) * n // num_replicas
+        self.start, self.stop = shard_bounds(len(dataset), rank, num_replicas)
         self.num_samples = self.stop - self.start
 
     def __iter__(self):

@@ -1,11 +1,14 @@
 """MNIST: 70,000 handwritten digits, 28x28 grey, held in memory as uint8 tensors."""
 
+import struct
 from pathlib import Path
 
+import torch
 from torch.utils.data import TensorDataset
 from torchvision.datasets import MNIST
 
 from common.data.images import ImageDataModule
+from common.data.synthetic import synthetic_images
 
 RAW_FILES = (
     "train-images-idx3-ubyte",
@@ -38,3 +41,20 @@ class MNISTDataModule(ImageDataModule):
     def read(self) -> tuple[TensorDataset, TensorDataset]:
         train, test = MNIST(self.data_dir, train=True), MNIST(self.data_dir, train=False)
         return TensorDataset(train.data, train.targets), TensorDataset(test.data, test.targets)
+
+
+def write_idx(path: Path, array: torch.Tensor) -> None:
+    """Write a tensor as uint8 in MNIST's IDX format (magic 0x08 = ubyte, then the rank)."""
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.to(torch.uint8).numpy().tobytes())
+
+
+def write_synthetic_mnist(root: Path, n_train: int, n_test: int, seed: int = 0) -> Path:
+    """Synthetic digits as the four real MNIST files under root/MNIST/raw (tests, benchmarks)."""
+    raw = Path(root) / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images, labels = synthetic_images(n, 10, (28, 28), seed=seed, split_seed=n)
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+    return raw

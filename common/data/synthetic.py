@@ -27,8 +27,12 @@ def synthetic_images(
     contrast = 0.4 + 0.6 * torch.rand(n, generator=gen)
     top = torch.randint(0, h - gh + 1, (n,), generator=gen)
     left = torch.randint(0, w - gw + 1, (n,), generator=gen)
-    for i in range(n):  # a Python loop, but only once per dataset
-        y0, x0 = int(top[i]), int(left[i])
-        images[i, :, y0 : y0 + gh, x0 : x0 + gw] += contrast[i] * glyphs[labels[i]]
+    # Paste every glyph in one indexed add: sample i's window is rows top[i] + (0..gh-1),
+    # columns left[i] + (0..gw-1); within a sample no two positions repeat.
+    rows = (top[:, None] + torch.arange(gh))[:, None, :, None]  # (N, 1, gh, 1)
+    cols = (left[:, None] + torch.arange(gw))[:, None, None, :]  # (N, 1, 1, gw)
+    batch = torch.arange(n)[:, None, None, None]
+    chans = torch.arange(c)[None, :, None, None]
+    images[batch, chans, rows, cols] += contrast[:, None, None, None] * glyphs[labels]
     images = (images.clamp(0, 1) * 255).round().to(torch.uint8)
     return (images if len(shape) == 3 else images[:, 0]), labels
