@@ -39,6 +39,10 @@ class Classifier(TemplateModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    def eval_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for validation and test; subclasses add test-time augmentation here."""
+        return self(x)
+
     def training_step(self, batch, batch_idx):
         x, y = batch
         loss = F.cross_entropy(self(x), y, label_smoothing=self.label_smoothing)
@@ -48,7 +52,7 @@ class Classifier(TemplateModule):
     def evaluate(self, batch, stage: str) -> torch.Tensor:
         """Update `stage`'s loss and accuracy (unsmoothed loss); return the predictions (B,)."""
         x, y = batch
-        logits = self(x)
+        logits = self.eval_logits(x)
         loss, acc = getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_acc")
         loss.update(F.cross_entropy(logits, y), weight=len(y))
         preds = logits.argmax(dim=1)

@@ -11,9 +11,9 @@ import torch
 class TemplateModule(L.LightningModule):
     """A LightningModule whose optimizer and scheduler come from config as partials.
 
-    `optimizer` is called with the parameters; `scheduler` (or None) with the optimizer, and with
-    `total_steps` when it takes one (OneCycleLR, `warmup_cosine` below): such schedulers
-    step every batch, others every epoch.
+    `optimizer` is called with `optimizer_params()`; `scheduler` (or None) with the optimizer,
+    with `total_steps` when it takes one (OneCycleLR, `warmup_cosine` below): such schedulers
+    step every batch, others every epoch; and with each group's lr as `max_lr` (OneCycleLR).
     """
 
     def __init__(self, optimizer: Callable, scheduler: Callable | None = None):
@@ -21,14 +21,28 @@ class TemplateModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
 
+    def optimizer_params(self):
+        """What the optimizer is called with: the parameters, or (name, parameter) pairs for an
+        optimizer that routes by name (`common.optim.Muon`). Override to make param groups."""
+        factory = getattr(self.optimizer_factory, "func", self.optimizer_factory)
+        if getattr(factory, "takes_named_params", False):
+            return list(self.named_parameters())
+        return self.parameters()
+
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(params=self.parameters())
+        optimizer = self.optimizer_factory(params=self.optimizer_params())
         if self.scheduler_factory is None:
             return optimizer
-        per_step = "total_steps" in inspect.signature(self.scheduler_factory).parameters
+        takes = inspect.signature(self.scheduler_factory).parameters
+        given = getattr(self.scheduler_factory, "keywords", {})
+        per_step = "total_steps" in takes
         kwargs = {}
-        if per_step and "total_steps" not in getattr(self.scheduler_factory, "keywords", {}):
+        if per_step and "total_steps" not in given:
             kwargs["total_steps"] = self.trainer.estimated_stepping_batches
+        if "max_lr" in takes and "max_lr" not in given:
+            # OneCycleLR peaks at each group's own lr, so groups keep their ratios (Muon's
+            # matrices and its fallback; a backbone trained slower than a new head).
+            kwargs["max_lr"] = [group["lr"] for group in optimizer.param_groups]
         scheduler = self.scheduler_factory(optimizer=optimizer, **kwargs)
         interval = "step" if per_step else "epoch"
         return {

@@ -40,7 +40,7 @@ def test_data_option(tmp_path, option):
 
 @pytest.mark.parametrize("option", options("model"))
 def test_model_option(tmp_path, option):
-    cfg = make_config(tmp_path, [f"project={option}", f"model={option}"])
+    cfg = make_config(tmp_path, [f"project={project_of(option)}", f"model={option}"])
     model = instantiate(cfg.model)
     assert sum(p.numel() for p in model.parameters()) > 0
 
@@ -139,7 +139,7 @@ def test_bad_loader_name_is_a_user_error(tmp_path):
     with pytest.raises(Exception) as info:
         instantiate(cfg.data)
     assert isinstance(info.value.__cause__, UserError)
-    assert "tensor, dataloader" in str(info.value.__cause__)
+    assert "device, dataloader" in str(info.value.__cause__)
 
 
 def test_slurm_launcher_takes_its_shape_from_the_trainer(tmp_path):

@@ -20,7 +20,8 @@ def fake_mnist(root: Path, n_train: int = 60, n_test: int = 20) -> Path:
 
 
 def fake_trainer(world_size: int, rank: int = 0):
-    return SimpleNamespace(world_size=world_size, global_rank=rank)
+    strategy = SimpleNamespace(root_device=torch.device("cpu"))
+    return SimpleNamespace(world_size=world_size, global_rank=rank, strategy=strategy)
 
 
 # --- TensorLoader -------------------------------------------------------------------------

@@ -324,7 +324,7 @@ def read_test_metrics(run_root: Path) -> dict[str, float]:
     return values
 
 
-@pytest.mark.parametrize("loader", ["tensor", "dataloader"])
+@pytest.mark.parametrize("loader", ["device", "dataloader"])
 def test_ddp_evaluation_equals_single_process(config, tmp_path, loader):
     # 4,011 samples: a test set of 401, so the two ranks get uneven shards (200 and 201).
     data = ["data.num_samples=4011", f"data.loader={loader}"]

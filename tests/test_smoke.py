@@ -5,10 +5,12 @@ import pytest
 from common.train import train
 from tests.conftest import PROJECTS, options
 
+# Keep the heaviest nets small on CPU: fast_dev_run checks that everything connects, not speed.
+SMALLER = {"vit_finetune": ["model.net.image_size=64"]}
+
 
 @pytest.mark.parametrize("project", PROJECTS)
 def test_fast_dev_run(config, project):
-    # A small batch: fast_dev_run checks that everything connects, not speed.
     cfg = config(f"project={project}", "debug=fdr", "data.synthetic=true", "data.batch_size=32")
     metrics = train(cfg)
     assert "train/loss" in metrics
@@ -18,7 +20,14 @@ def test_fast_dev_run(config, project):
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_experiment_fast_dev_run(config, experiment):
     project = next(p for p in PROJECTS if experiment.startswith(p))
+    overrides = ["debug=fdr", "data.synthetic=true", "data.batch_size=32"]
     cfg = config(
-        f"project={project}", f"experiment={experiment}", "debug=fdr", "data.synthetic=true"
+        f"project={project}", f"experiment={experiment}", *overrides, *SMALLER.get(experiment, [])
     )
+    assert "train/loss" in train(cfg)
+
+
+@pytest.mark.parametrize("optimizer", options("model/optimizer"))
+def test_optimizer_option(config, optimizer):
+    cfg = config("project=mnist", f"model/optimizer={optimizer}", "debug=fdr", "data.synthetic=true")
     assert "train/loss" in train(cfg)

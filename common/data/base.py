@@ -1,5 +1,7 @@
 """The base datamodule every project's data goes through."""
 
+import warnings
+
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
@@ -7,7 +9,22 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from common.data.loaders import TensorLoader, UnpaddedDistributedSampler
 from common.errors import UserError
 
-LOADERS = ("tensor", "dataloader")
+LOADERS = ("device", "dataloader")
+
+
+def to_device(dataset: Dataset, device: torch.device) -> Dataset:
+    """The TensorDataset with its tensors on `device`; anything else unchanged."""
+    if not isinstance(dataset, TensorDataset) or dataset.tensors[0].device == device:
+        return dataset
+    return TensorDataset(*(t.to(device) for t in dataset.tensors))
+
+
+def fits_on(device: torch.device, nbytes: int) -> bool:
+    """Whether `nbytes` of data can stay on `device` and leave most of it to the model."""
+    if device.type != "cuda":
+        return True  # CPU: the tensors are in RAM already; MPS and others share host memory
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes < free // 4
 
 
 def split(dataset: Dataset, val_size: float | int, seed: int) -> tuple[Dataset, Dataset]:
@@ -35,8 +52,9 @@ class DataModule(L.LightningDataModule):
     Subclasses implement `load()` -> (train pool, test set) and, when they download,
     `prepare_data()`. The validation set is split off the train pool with a seeded generator.
     `batch_size` is global: under DDP with N processes each one loads `batch_size / N`.
-    `loader="tensor"` serves in-memory TensorDatasets through `TensorLoader` (no workers, one
-    index op per batch); `loader="dataloader"` uses a torch DataLoader with `num_workers`.
+    `loader="device"` moves in-memory TensorDatasets to the training device once (GPU memory, or
+    RAM on CPU) and serves them through `TensorLoader`: no workers, one index op per batch, no
+    host-to-device copies. `loader="dataloader"` uses a torch DataLoader with `num_workers`.
     """
 
     def __init__(
@@ -44,7 +62,7 @@ class DataModule(L.LightningDataModule):
         data_dir: str,
         batch_size: int = 128,
         val_size: float | int = 0.1,
-        loader: str = "tensor",
+        loader: str = "device",
         num_workers: int = 0,
         pin_memory: bool = False,
         synthetic: bool = False,
@@ -83,6 +101,25 @@ class DataModule(L.LightningDataModule):
         if self.train_set is None:
             pool, self.test_set = self.load()
             self.train_set, self.val_set = split(pool, self.val_size, self.seed)
+        if self.loader == "device" and self.trainer is not None:
+            self._move_to(self.trainer.strategy.root_device)
+
+    def _move_to(self, device: torch.device) -> None:
+        sets = (self.train_set, self.val_set, self.test_set)
+        if not all(isinstance(s, TensorDataset) for s in sets):
+            raise UserError(
+                f"data.loader=device needs in-memory tensors, and {type(self).__name__} reads "
+                "samples one by one: use data.loader=dataloader"
+            )
+        nbytes = sum(t.nbytes for s in sets for t in s.tensors)
+        if not fits_on(device, nbytes):
+            warnings.warn(
+                f"the dataset ({nbytes / 2**30:.1f} GiB) does not fit comfortably in {device} "
+                "memory; batches are copied from host memory instead",
+                stacklevel=2,
+            )
+            return
+        self.train_set, self.val_set, self.test_set = (to_device(s, device) for s in sets)
 
     def train_dataloader(self):
         return self._loader(self.train_set, train=True)
@@ -97,7 +134,7 @@ class DataModule(L.LightningDataModule):
         trainer = self.trainer
         rank = trainer.global_rank if trainer is not None else 0
         world = trainer.world_size if trainer is not None else 1
-        if self.loader == "tensor" and isinstance(dataset, TensorDataset):
+        if self.loader == "device" and isinstance(dataset, TensorDataset):
             return TensorLoader(
                 *dataset.tensors,
                 batch_size=self.batch_size_per_device,

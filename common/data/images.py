@@ -11,18 +11,21 @@ from common.data.synthetic import synthetic_images
 from common.errors import UserError
 
 
-def flip_and_translate(images: torch.Tensor, flip: bool, padding: int) -> torch.Tensor:
-    """Random horizontal flips and random crops from a zero-padded image, per sample, in one go.
+def flip_and_translate(
+    images: torch.Tensor, flip: bool, padding: int, padding_mode: str = "constant"
+) -> torch.Tensor:
+    """Random horizontal flips and random crops from a padded image, per sample, in one go.
 
-    images: float (B, C, H, W) on any device, padded with 0; returns the same shape. Uses torch's global RNG,
-    which `seed_everything` seeds.
+    images: float (B, C, H, W) on any device; returns the same shape. `padding_mode` is
+    "constant" (zeros, torchvision's RandomCrop default) or "reflect" (airbench's choice). Uses
+    torch's global RNG on the images' device, which `seed_everything` seeds.
     """
     b, _, h, w = images.shape
     if flip:
         flipped = torch.rand(b, device=images.device) < 0.5
         images = torch.where(flipped[:, None, None, None], images.flip(3), images)
     if padding > 0:
-        padded = F.pad(images, (padding,) * 4)  # (B, C, H + 2p, W + 2p)
+        padded = F.pad(images, (padding,) * 4, mode=padding_mode)  # (B, C, H + 2p, W + 2p)
         dy = torch.randint(0, 2 * padding + 1, (b, 1), device=images.device)
         dx = torch.randint(0, 2 * padding + 1, (b, 1), device=images.device)
         rows = (torch.arange(h, device=images.device) + dy)[:, None, :, None]  # (B, 1, H, 1)
@@ -33,13 +36,49 @@ def flip_and_translate(images: torch.Tensor, flip: bool, padding: int) -> torch.
     return images
 
 
+def cutout(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Zero one random size x size square per image (clipped at the borders), in one masked op.
+
+    images: normalized float (B, C, H, W), so zero is the mean colour (DeVries & Taylor, 2017).
+    """
+    b, _, h, w = images.shape
+    cy = torch.randint(0, h, (b, 1, 1), device=images.device)
+    cx = torch.randint(0, w, (b, 1, 1), device=images.device)
+    ys = torch.arange(h, device=images.device)[None, :, None]  # (1, H, 1)
+    xs = torch.arange(w, device=images.device)[None, None, :]  # (1, 1, W)
+    inside = ((ys - cy).abs() <= size // 2) & ((xs - cx).abs() <= size // 2)  # (B, H, W)
+    return images.masked_fill(inside[:, None], 0.0)
+
+
+AUTO_AUGMENT = ("randaugment", "autoaugment")
+
+
+def auto_augment(images: torch.Tensor, policy: str, groups: int) -> torch.Tensor:
+    """RandAugment or AutoAugment (CIFAR-10 policy) on a uint8 batch (B, C, H, W), on its device.
+
+    torchvision's v2 transforms draw one operation per call and apply it to the whole tensor; a
+    call per image would be B small kernels. As a middle way the batch is cut into `groups`
+    chunks, each with its own random operations: per-chunk rather than per-image variety, at
+    `groups` calls per batch.
+    """
+    from torchvision.transforms import v2
+
+    if policy == "randaugment":
+        transform = v2.RandAugment(num_ops=2, magnitude=9)
+    else:
+        transform = v2.AutoAugment(v2.AutoAugmentPolicy.CIFAR10)
+    chunks = images.chunk(max(1, min(groups, len(images))))
+    return torch.cat([transform(chunk) for chunk in chunks])
+
+
 class ImageDataModule(DataModule):
     """The shared part of in-memory image datasets (MNIST, CIFAR-10, digits).
 
     Batches leave the loader as (uint8 images (B, H, W) or (B, C, H, W), int64 labels (B,)), a
     quarter of the bytes of floats; `on_after_batch_transfer` runs on the training device and
-    makes normalized floats (B, C, H, W), with `flip` and `crop_padding` augmentation while
-    training. Subclasses name their files and read them; `synthetic=True` needs neither.
+    makes normalized floats (B, C, H, W), augmented while training: `auto_augment`
+    ("randaugment" | "autoaugment", on uint8), `flip`, `crop_padding` (random translation, with
+    `padding_mode` "constant" or "reflect"), then `cutout` (square size, 0 = off). Subclasses name their files and read them; `synthetic=True` needs neither.
     """
 
     name = "images"
@@ -59,6 +98,10 @@ class ImageDataModule(DataModule):
         download: bool = True,
         flip: bool = False,
         crop_padding: int = 0,
+        padding_mode: str = "constant",
+        cutout: int = 0,
+        auto_augment: str | None = None,
+        auto_augment_groups: int = 16,
         **kwargs,
     ):
         super().__init__(data_dir, **kwargs)
@@ -72,7 +115,18 @@ class ImageDataModule(DataModule):
         self.num_classes, self.in_chans, self.image_size = num_classes, in_chans, image_size
         self.synthetic_size = tuple(synthetic_size)
         self.download = download
-        self.flip, self.crop_padding = flip, crop_padding
+        if padding_mode not in ("constant", "reflect"):
+            raise UserError(f"data.padding_mode={padding_mode!r} is not constant or reflect")
+        if auto_augment not in (None, *AUTO_AUGMENT):
+            raise UserError(
+                f"data.auto_augment={auto_augment!r} is not null or one of {', '.join(AUTO_AUGMENT)}"
+            )
+        self.flip, self.crop_padding, self.padding_mode = flip, crop_padding, padding_mode
+        self.cutout, self.auto_augment, self.auto_augment_groups = (
+            cutout,
+            auto_augment,
+            auto_augment_groups,
+        )
         self._affine_cache: tuple = (None, None)  # (key, (scale, shift)), see `_affine`
 
     @property
@@ -139,16 +193,26 @@ class ImageDataModule(DataModule):
             self._affine_cache = (key, (1 / (255 * std), -mean / std))
         return self._affine_cache[1]
 
+    def transform(self, images: torch.Tensor, train: bool) -> torch.Tensor:
+        """uint8 images (B, H, W) or (B, C, H, W) -> normalized floats (B, C, H, W), augmented
+        when `train`."""
+        if images.ndim == 3:
+            images = images.unsqueeze(1)  # (B, H, W) -> (B, 1, H, W)
+        if train and self.auto_augment:
+            images = auto_augment(images, self.auto_augment, self.auto_augment_groups)
+        images = images.float()  # (B, C, H, W), 0..255
+        if train and (self.flip or self.crop_padding):
+            # Before normalizing, so constant padding is black, as with torchvision's RandomCrop.
+            images = flip_and_translate(images, self.flip, self.crop_padding, self.padding_mode)
+        scale, shift = self._affine(images.shape[1], images.device)
+        images = torch.addcmul(shift, images, scale)
+        if train and self.cutout:
+            images = cutout(images, self.cutout)
+        return images
+
     def on_after_batch_transfer(self, batch, dataloader_idx: int = 0):
         images, labels = batch
         if images.dtype != torch.uint8:
             return images, labels
-        if images.ndim == 3:
-            images = images.unsqueeze(1)  # (B, H, W) -> (B, 1, H, W)
-        images = images.float()  # (B, C, H, W), 0..255
-        trainer = self.trainer
-        if trainer is not None and trainer.training and (self.flip or self.crop_padding):
-            # Before normalizing, so the padding is black, as with torchvision's RandomCrop.
-            images = flip_and_translate(images, self.flip, self.crop_padding)
-        scale, shift = self._affine(images.shape[1], images.device)
-        return torch.addcmul(shift, images, scale), labels
+        train = self.trainer is not None and self.trainer.training
+        return self.transform(images, train), labels

@@ -1,7 +1,10 @@
-"""Batches straight from in-memory tensors.
+"""Batches straight from tensors held on the training device.
 
-A DataLoader over small images pays per sample: Python indexing, a PIL transform, then collate.
-When the whole dataset is a few tensors in memory, one fancy-index per batch does the same work.
+A DataLoader over small images pays per sample: Python indexing, a PIL transform, collate, then
+a host-to-device copy. When the whole dataset is a few uint8 tensors (CIFAR-10 is 150 MB), it can
+live in accelerator memory (or RAM on CPU): one fancy-index per batch does the same work there,
+with no worker processes and no copies, and augmentation runs batch-wise on the device too
+(`common.data.images`).
 """
 
 import torch
@@ -58,12 +61,16 @@ class TensorLoader:
         return self
 
     def _indices(self) -> torch.Tensor:
+        """This rank's sample indices for the epoch, on the tensors' device."""
         n = len(self.tensors[0])
         if self.shuffle:
+            # Drawn on the CPU with its own generator: the same order on every rank and device.
             gen = torch.Generator().manual_seed(self.seed + self.epoch)
             order = torch.randperm(n, generator=gen)
-            return order[self.rank :: self.world_size][: n // self.world_size]
-        return torch.arange(*shard_bounds(n, self.rank, self.world_size))
+            order = order[self.rank :: self.world_size][: n // self.world_size]
+        else:
+            order = torch.arange(*shard_bounds(n, self.rank, self.world_size))
+        return order.to(self.tensors[0].device)  # one small copy per epoch, not per batch
 
     def _num_samples(self) -> int:
         n = len(self.tensors[0])
