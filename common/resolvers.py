@@ -1,11 +1,33 @@
 """OmegaConf resolvers used by the config tree. Registered by the entry points, not on import."""
 
+import os
 import secrets
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def class_count(root: str | None, default: int) -> int:
+    """Class sub-folders of an image folder (of `root/train` when that holds them), for
+    `num_classes: ${class_count:${data.root},10}`; `default` when root is unset, not a folder or
+    has none (the datamodule then says what is wrong). Same rule as
+    `common.data.image_folder.class_dirs`: hidden folders and __MACOSX are not classes."""
+    if root is None:
+        return default
+    folder = Path(str(root)).expanduser()
+
+    def classes(path: Path) -> int:
+        if not path.is_dir():
+            return 0
+        return sum(
+            1
+            for e in os.scandir(path)
+            if e.is_dir() and not e.name.startswith(".") and e.name != "__MACOSX"
+        )
+
+    return classes(folder / "train") or classes(folder) or default
 
 
 def register_resolvers() -> None:
@@ -16,3 +38,5 @@ def register_resolvers() -> None:
         # Run directories are `<timestamp>_<run_id>`, so two launches in the same second never
         # share one. Cached per config, like Hydra's `now`, so one launch resolves one value.
         OmegaConf.register_new_resolver("run_id", lambda: secrets.token_hex(3), use_cache=True)
+    if not OmegaConf.has_resolver("class_count"):
+        OmegaConf.register_new_resolver("class_count", class_count)

@@ -29,5 +29,7 @@ def test_experiment_fast_dev_run(config, experiment):
 
 @pytest.mark.parametrize("optimizer", options("model/optimizer"))
 def test_optimizer_option(config, optimizer):
-    cfg = config("project=mnist", f"model/optimizer={optimizer}", "debug=fdr", "data.synthetic=true")
+    cfg = config(
+        "project=mnist", f"model/optimizer={optimizer}", "debug=fdr", "data.synthetic=true"
+    )
     assert "train/loss" in train(cfg)

@@ -2,5 +2,6 @@
 
 from common.callbacks.checkpoint_config import ConfigInCheckpoint
 from common.callbacks.progress import ProgressBar
+from common.callbacks.throughput import Throughput
 
-__all__ = ["ConfigInCheckpoint", "ProgressBar"]
+__all__ = ["ConfigInCheckpoint", "ProgressBar", "Throughput"]

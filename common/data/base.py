@@ -86,8 +86,8 @@ class DataModule(L.LightningDataModule):
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
 
-    def load(self) -> tuple[Dataset, Dataset]:
-        """Return (train pool, test set)."""
+    def load(self) -> tuple[Dataset, Dataset | None]:
+        """Return (train pool, test set); a None test set means: test on the validation split."""
         raise NotImplementedError
 
     def setup(self, stage: str | None = None) -> None:
@@ -101,6 +101,8 @@ class DataModule(L.LightningDataModule):
         if self.train_set is None:
             pool, self.test_set = self.load()
             self.train_set, self.val_set = split(pool, self.val_size, self.seed)
+            if self.test_set is None:  # no separate test images: the validation split stands in
+                self.test_set = self.val_set
         if self.loader == "device" and self.trainer is not None:
             self._move_to(self.trainer.strategy.root_device)
 

@@ -106,8 +106,9 @@ class SpeedrunNet(nn.Module):
     The first layer is a fixed 2x2 convolution that whitens image patches: its filters are the
     eigenvectors of the training patches' covariance, scaled by 1/sqrt(eigenvalue), and their
     negatives (so GELU keeps both signs). Call `init_whitening(train_images)` before training;
-    its weights are then frozen and only its bias learns. The logits are scaled by 1/9, a
-    temperature that suits the label smoothing of the recipe.
+    its weights are then frozen and only its bias learns. The head has unit-variance weights and
+    its output is divided by the width (256): a low-temperature start that the recipe's
+    learning rates are tuned for.
     """
 
     def __init__(
@@ -115,7 +116,6 @@ class SpeedrunNet(nn.Module):
         in_chans: int = 3,
         num_classes: int = 10,
         widths: tuple[int, int, int] = (64, 256, 256),
-        logit_scale: float = 1 / 9,
     ):
         super().__init__()
         whiten_width = 2 * in_chans * 2 * 2  # 12 eigenvectors and their negatives
@@ -127,7 +127,8 @@ class SpeedrunNet(nn.Module):
             ConvGroup(widths[1], widths[2]),
         )
         self.head = nn.Linear(widths[2], num_classes, bias=False)
-        self.logit_scale = logit_scale
+        with torch.no_grad():  # unit-variance head weights, and logits divided by the width
+            self.head.weight /= self.head.weight.std()
 
     @torch.no_grad()
     def init_whitening(self, images: torch.Tensor, eps: float = 5e-4) -> None:
@@ -135,7 +136,7 @@ class SpeedrunNet(nn.Module):
         c, k = images.shape[1], self.whiten.kernel_size[0]
         patches = images.unfold(2, k, 1).unfold(3, k, 1)  # (N, C, H-1, W-1, k, k)
         patches = patches.transpose(1, 3).reshape(-1, c * k * k).double()  # (N*(H-1)*(W-1), 12)
-        patches = patches - patches.mean(0)
+        # Second moments of normalized pixels (their mean is about 0), as airbench computes them.
         covariance = patches.T @ patches / len(patches)  # (12, 12)
         eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
         filters = eigenvectors.T / torch.sqrt(eigenvalues + eps)[:, None]  # (12, 12)
@@ -146,7 +147,7 @@ class SpeedrunNet(nn.Module):
         x = F.gelu(self.whiten(x))
         x = self.groups(x)
         x = F.adaptive_max_pool2d(x, 1).flatten(1)  # (B, widths[2])
-        return self.head(x) * self.logit_scale
+        return self.head(x) / x.shape[1]
 
 
 def torchvision_resnet18(
