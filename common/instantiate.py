@@ -42,9 +42,10 @@ def instantiate_trainer(cfg: DictConfig, **kwargs) -> L.Trainer:
         if not isinstance(err.__cause__, MisconfigurationException | RuntimeError | ValueError):
             raise
         have = f"{torch.cuda.device_count()} CUDA GPU(s) and {os.cpu_count()} CPU cores"
+        reason = " ".join(str(err.__cause__).split()).rstrip(".!")  # Lightning's spans lines
         raise UserError(
             f"cannot build the Trainer with trainer.accelerator={cfg.trainer.get('accelerator')} "
-            f"trainer.devices={cfg.trainer.get('devices')}: {str(err.__cause__).rstrip('.!')}. This machine has "
+            f"trainer.devices={cfg.trainer.get('devices')}: {reason}. This machine has "
             f"{have}; trainer=cpu runs anywhere."
         ) from err
 

@@ -23,10 +23,10 @@ def tta_logits(net: nn.Module, x: torch.Tensor, level: str) -> torch.Tensor:
     logits = net(views).view(2, len(x), -1).mean(0)
     if level == "flip":
         return logits
-    padded = F.pad(views, (1, 1, 1, 1), mode="reflect")
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
     h, w = x.shape[2:]
-    shifted = torch.cat([padded[..., :h, :w], padded[..., 2:, 2:]])  # (4B, C, H, W)
-    shifted_logits = net(shifted).view(4, len(x), -1).mean(0)
+    shifted = torch.cat([padded[..., :h, :w], padded[..., 2:, 2:]])  # (2B, C, H, W)
+    shifted_logits = net(torch.cat([shifted, shifted.flip(3)])).view(4, len(x), -1).mean(0)
     return 0.5 * logits + 0.5 * shifted_logits
 
 
