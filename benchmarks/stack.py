@@ -106,7 +106,10 @@ def run_plain(cfg, warmup: int) -> tuple[float, float, float]:
     loader = datamodule.train_dataloader()
     optimizer = instantiate(cfg.model.optimizer)(params=net.parameters())
     steps = cfg.trainer.max_steps
-    scheduler = instantiate(cfg.model.scheduler)(optimizer=optimizer, total_steps=steps)
+    peak = cfg.model.optimizer.lr  # OneCycleLR's max_lr, which TemplateModule passes per group
+    scheduler = instantiate(cfg.model.scheduler)(
+        optimizer=optimizer, total_steps=steps, max_lr=peak
+    )
     net.train()
     step, start = 0, None
     while step < steps:

@@ -8,8 +8,8 @@ records in Keller Jordan's 2024 NanoGPT and CIFAR-10 (airbench) speedruns; the p
 reference: https://kellerjordan.github.io/posts/muon/
 
 Muon is for the hidden weight matrices only. Biases, norms, embeddings and the classifier head
-(anything 1-D, or with an `exclude` word as a component of its dotted name) go to a fallback, AdamW or SGD, in groups
-of their own, so one optimizer object serves the whole model:
+(anything 1-D, or with an `exclude` word as a component of its dotted name) go to a fallback,
+AdamW or SGD, in groups of their own, so one optimizer object serves the whole model:
 
     opt = Muon(model.named_parameters(), lr=0.02, fallback_lr=3e-4)
 
@@ -39,7 +39,7 @@ EXCLUDE = (
 def zeropower_via_newtonschulz5(
     g: Tensor, steps: int = 5, dtype: torch.dtype | None = None
 ) -> Tensor:
-    """Approximately U V^T for g = U S V^T, g (..., rows, cols), by a quintic Newton-Schulz iteration.
+    """About U V^T for g = U S V^T, g (..., rows, cols), by a quintic Newton-Schulz iteration.
 
     The coefficients maximize the slope at zero (3.4445) rather than converge to exactly 1: the
     outputs' singular values land in about [0.7, 1.2], which trains as well as an exact U V^T.

@@ -6,7 +6,7 @@ from common.train import train
 from tests.conftest import PROJECTS, options
 
 # Keep the heaviest nets small on CPU: fast_dev_run checks that everything connects, not speed.
-SMALLER = {"vit_finetune": ["model.net.image_size=64"]}
+SMALLER = {"vit_finetune": ["model.net.image_size=32"]}
 
 
 @pytest.mark.parametrize("project", PROJECTS)
@@ -15,6 +15,7 @@ def test_fast_dev_run(config, project):
     metrics = train(cfg)
     assert "train/loss" in metrics
     assert any(k.startswith("test/") for k in metrics)
+    assert metrics["train/samples_per_sec"] > 0  # the Throughput callback of callbacks=default
 
 
 @pytest.mark.parametrize("experiment", options("experiment"))

@@ -78,7 +78,8 @@ class ImageDataModule(DataModule):
     quarter of the bytes of floats; `on_after_batch_transfer` runs on the training device and
     makes normalized floats (B, C, H, W), augmented while training: `auto_augment`
     ("randaugment" | "autoaugment", on uint8), `flip`, `crop_padding` (random translation, with
-    `padding_mode` "constant" or "reflect"), then `cutout` (square size, 0 = off). Subclasses name their files and read them; `synthetic=True` needs neither.
+    `padding_mode` "constant" or "reflect"), then `cutout` (square size, 0 = off). Subclasses
+    name their files and read them; `synthetic=True` needs neither.
     """
 
     name = "images"
@@ -119,7 +120,8 @@ class ImageDataModule(DataModule):
             raise UserError(f"data.padding_mode={padding_mode!r} is not constant or reflect")
         if auto_augment not in (None, *AUTO_AUGMENT):
             raise UserError(
-                f"data.auto_augment={auto_augment!r} is not null or one of {', '.join(AUTO_AUGMENT)}"
+                f"data.auto_augment={auto_augment!r} is not null or one of "
+                + ", ".join(AUTO_AUGMENT)
             )
         self.flip, self.crop_padding, self.padding_mode = flip, crop_padding, padding_mode
         self.cutout, self.auto_augment, self.auto_augment_groups = (
