@@ -113,7 +113,7 @@ class DataModule(L.LightningDataModule):
                 f"data.loader=device needs in-memory tensors, and {type(self).__name__} reads "
                 "samples one by one: use data.loader=dataloader"
             )
-        nbytes = sum(t.nbytes for s in sets for t in s.tensors)
+        nbytes = sum(t.nbytes for s in set(sets) for t in s.tensors)
         if not fits_on(device, nbytes):
             warnings.warn(
                 f"the dataset ({nbytes / 2**30:.1f} GiB) does not fit comfortably in {device} "
@@ -121,7 +121,12 @@ class DataModule(L.LightningDataModule):
                 stacklevel=2,
             )
             return
-        self.train_set, self.val_set, self.test_set = (to_device(s, device) for s in sets)
+        shared = self.test_set is self.val_set  # test_size=0: one copy on the device, not two
+        self.train_set, self.val_set = (
+            to_device(self.train_set, device),
+            to_device(self.val_set, device),
+        )
+        self.test_set = self.val_set if shared else to_device(self.test_set, device)
 
     def train_dataloader(self):
         return self._loader(self.train_set, train=True)
