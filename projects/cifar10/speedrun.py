@@ -21,12 +21,13 @@ from projects.cifar10.nets import SpeedrunNet
 class SpeedrunClassifier(CIFARClassifier):
     """`CIFARClassifier` with airbench's optimizer set-up; `net` must be a `SpeedrunNet`.
 
-    `optimizer` is a partial of `common.optim.Muon` called with three parameter groups: conv
-    filters (Muon, `lr` and `momentum` of the partial), BatchNorm and whitening biases (SGD,
-    `bias_lr`), the head (SGD, `head_lr`). The training loss is summed over the batch, as in
-    airbench, so the SGD learning rates are per sample; Muon normalizes its update and does not
-    care. `weight_decay` is per step, decoupled from the learning rate. The whitening bias
-    learns for the first `whiten_bias_epochs` only (its rate decays to zero by then).
+    `optimizer` is a partial of `common.optim.Muon` called with four parameter groups: conv
+    filters (Muon, `lr` and `momentum` of the partial), the whitening bias and the BatchNorm
+    biases (SGD, `bias_lr`), the head (SGD, `head_lr`). The training loss is summed over the
+    batch, as in airbench, so the SGD learning rates are per sample; Muon normalizes its update
+    and does not care. `weight_decay` is the SGD groups' decay per step at their initial rates
+    (passed as weight_decay / lr, as airbench does). The whitening bias learns for the first
+    `whiten_bias_epochs` only (its rate decays to zero by then).
     """
 
     def __init__(
