@@ -158,10 +158,12 @@ def test_slurm_batch_script_is_valid_bash():
     assert "srun" in script.read_text() and "hydra.run.dir=" in script.read_text()
 
 
-def test_more_gpus_than_the_machine_has_is_one_readable_error(tmp_path):
+@pytest.mark.parametrize("project", ["mnist", "vit"])
+def test_more_gpus_than_the_machine_has_is_one_readable_error(tmp_path, project):
+    # `make train PROJECT=vit trainer.devices=4` on a machine with fewer GPUs.
     have = torch.cuda.device_count()
-    cfg = make_config(
-        tmp_path, ["trainer=ddp", "trainer.accelerator=gpu", f"trainer.devices={have + 4}"]
-    )
-    with pytest.raises(UserError, match=f"This machine has {have} CUDA GPU"):
+    overrides = [f"project={project}", "trainer.accelerator=gpu", f"trainer.devices={have + 4}"]
+    cfg = make_config(tmp_path, overrides)
+    with pytest.raises(UserError, match=f"This machine has {have} CUDA GPU") as info:
         instantiate_trainer(cfg)
+    assert "\n" not in str(info.value)  # one line
