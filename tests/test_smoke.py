@@ -7,6 +7,9 @@ from tests.conftest import PROJECTS, options
 
 # Keep the heaviest nets small on CPU: fast_dev_run checks that everything connects, not speed.
 SMALLER = {"vit_finetune": ["model.net.image_size=32"]}
+# ViT-B/16 (86M parameters) takes ~11 s even so: `make test-all` runs it; its net is unit-tested
+# in test_vit_nets.py and its config instantiated in test_configs.py.
+SLOW = {"vit_finetune"}
 
 
 @pytest.mark.parametrize("project", PROJECTS)
@@ -18,7 +21,10 @@ def test_fast_dev_run(config, project):
     assert metrics["train/samples_per_sec"] > 0  # the Throughput callback of callbacks=default
 
 
-@pytest.mark.parametrize("experiment", options("experiment"))
+@pytest.mark.parametrize(
+    "experiment",
+    [pytest.param(e, marks=pytest.mark.slow) if e in SLOW else e for e in options("experiment")],
+)
 def test_experiment_fast_dev_run(config, experiment):
     project = next(p for p in PROJECTS if experiment.startswith(p))
     overrides = ["debug=fdr", "data.synthetic=true", "data.batch_size=32"]
