@@ -157,9 +157,8 @@ class Muon(torch.optim.Optimizer):
     def _muon(self, group: dict, params: list[Tensor]) -> None:
         lr, wd = group["lr"], group["weight_decay"]
         for p in params:
-            u = self._momentum(p, p.grad, group).reshape(
-                len(p), -1
-            )  # (out, in * kh * kw) for convs
+            u = self._momentum(p, p.grad, group)
+            u = u.reshape(len(p), -1)  # (out, in * kh * kw) for convs
             u = zeropower_via_newtonschulz5(u, group["ns_steps"])  # singular values ~1
             # Its entries' RMS is 1 / sqrt(max(rows, cols)): scaling tall matrices makes it
             # 1 / sqrt(cols) = 1 / sqrt(fan_in) for every shape.
