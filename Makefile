@@ -22,7 +22,7 @@ export MALLOC_TRIM_THRESHOLD_ ?= 17179869184
 export MALLOC_TOP_PAD_ ?= 268435456
 
 .DEFAULT_GOAL := help
-.PHONY: help install train eval test test-all bench bench-ddp lint format list tensorboard clean
+.PHONY: help install train eval predict test test-all bench bench-ddp lint format list tensorboard clean
 
 help: ## Show this help
 	@echo "Usage: make <target> [PROJECT=<name>] [key=value ...] [ARGS='<other hydra args>'] [DRY=1]"
@@ -49,6 +49,9 @@ train: $(PY) ## Train a project: make train PROJECT=<name> key=value ...
 
 eval: $(PY) ## Test a checkpoint: make eval PROJECT=<name> ckpt_path=<file|last>
 	@$(PY) -m common.launcher eval
+
+predict: $(PY) ## Predict on a file: make predict PROJECT=<name> ckpt_path=<file|last> input=<file>
+	@$(PY) -m common.launcher predict
 
 test: $(PY) ## The suite CI runs (minutes on 2 CPU cores)
 	$(PY) -m pytest -m "not slow" $(ARGS)

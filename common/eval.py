@@ -7,7 +7,7 @@ The model is rebuilt from the config stored in the checkpoint (so training overr
 import hydra
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_info
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from common.errors import UserError, exit_on_user_error
 from common.instantiate import (
@@ -17,7 +17,7 @@ from common.instantiate import (
     print_config_tree,
 )
 from common.resolvers import register_resolvers
-from common.runs import load_checkpoint, resolve_ckpt_path, save_run_files
+from common.runs import load_checkpoint, resolve_ckpt_path, save_run_files, saved_config
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -25,13 +25,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     ckpt_path = resolve_ckpt_path(cfg)
     if ckpt_path is None:
         raise UserError("eval needs a checkpoint: ckpt_path=<file>, or ckpt_path=last")
-    saved = load_checkpoint(ckpt_path).get("config") or {}
-    if saved.get("name", cfg.name) != cfg.name:
-        raise UserError(
-            f"{ckpt_path} was trained by project '{saved['name']}', not '{cfg.name}': "
-            f"run it with PROJECT={saved['name']}"
-        )
-    model_cfg = OmegaConf.create(saved["model"]) if "model" in saved else cfg.model
+    model_cfg = saved_config(cfg, load_checkpoint(ckpt_path), ckpt_path).model
     if cfg.get("print_config"):
         print_config_tree(cfg)
     save_run_files(cfg, cfg.paths.output_dir)

@@ -34,3 +34,16 @@ def log_figure(module, tag: str, fig: Figure) -> None:
             logger.experiment.add_figure(tag, fig, global_step=module.global_step)
         elif isinstance(logger, WandbLogger):
             logger.log_image(key=tag, images=[fig], step=module.global_step)
+
+
+def log_image(module, tag: str, image: torch.Tensor) -> None:
+    """Send a uint8 image (3, H, W) to every attached logger that shows images, rank 0 only."""
+    if module.trainer.global_rank != 0:
+        return
+    for logger in module.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_image(tag, image, global_step=module.global_step)
+        elif isinstance(logger, WandbLogger):
+            logger.log_image(
+                key=tag, images=[image.permute(1, 2, 0).cpu().numpy()], step=module.global_step
+            )

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-ENTRY_POINTS = {"train": "common.train", "eval": "common.eval"}
+ENTRY_POINTS = {"train": "common.train", "eval": "common.eval", "predict": "common.predict"}
 
 
 def projects() -> dict[str, str]:

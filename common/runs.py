@@ -104,3 +104,15 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
         path = find_last_checkpoint(cfg.paths.log_dir, cfg.name, exclude=cfg.paths.output_dir)
         rank_zero_info(f"ckpt_path=last: {path}")
     return str(path)
+
+
+def saved_config(cfg: DictConfig, checkpoint: dict, ckpt_path: str) -> DictConfig:
+    """The resolved config a checkpoint was trained with (`ConfigInCheckpoint`), after checking
+    that it belongs to this command's project; this command's config for older checkpoints."""
+    saved = checkpoint.get("config") or {}
+    if saved.get("name", cfg.name) != cfg.name:
+        raise UserError(
+            f"{ckpt_path} was trained by project '{saved['name']}', not '{cfg.name}': "
+            f"run it with PROJECT={saved['name']}"
+        )
+    return OmegaConf.create(saved) if saved else cfg

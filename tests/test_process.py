@@ -66,6 +66,14 @@ def test_make_forwards_nested_keys_lists_quotes_and_args(tmp_path):
     assert argv[7:] == [*words, "~callbacks.lr_monitor"]
 
 
+def test_make_predict_and_config_group_words_reach_hydra(tmp_path):
+    words = ["ckpt_path=last", "input=my photo.jpg", "model/optimizer=muon"]
+    result = make(tmp_path, "predict", "PROJECT=detection", "DRY=1", *words)
+    assert result.returncode == 0, result.stderr
+    argv = shlex.split(result.stdout.strip())
+    assert argv == ["python", "-m", "common.predict", "project=detection", *words]
+
+
 def test_makeflags_parser_undoes_makes_escaping():
     flags = r"s -- b=$$x c=a\ b\\c a.b=1 PROJECT=vit"
     assert makeflags_overrides(flags) == ["PROJECT=vit", "a.b=1", "c=a b\\c", "b=$x"]
@@ -202,6 +210,7 @@ def test_make_train_mnist_synthetic_writes_one_run_directory(tmp_path):
         "PROJECT=mnist",
         "data.synthetic=true",
         "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=10",
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -232,7 +241,8 @@ def test_two_launches_in_the_same_second_get_two_directories(tmp_path):
     assert len(list((tmp_path / "logs" / "linreg").iterdir())) == 2
 
 
-@pytest.mark.parametrize("search", ["grid", "optuna"])
+# The grid search runs in `make test-all`: the optuna one covers the sweeper machinery here.
+@pytest.mark.parametrize("search", [pytest.param("grid", marks=pytest.mark.slow), "optuna"])
 def test_sweep_runs_each_point_in_its_own_folder(tmp_path, search):
     if search == "grid":
         args = "-m model.optimizer.lr=0.01,0.05"
@@ -289,6 +299,7 @@ def test_ddp_on_cpu_trains_with_one_run_directory(tmp_path):
         "trainer.devices=2",
         "data.synthetic=true",
         "trainer.max_epochs=1",
+        "+trainer.limit_train_batches=10",
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -324,7 +335,8 @@ def read_test_metrics(run_root: Path) -> dict[str, float]:
     return values
 
 
-@pytest.mark.parametrize("loader", ["device", "dataloader"])
+# The DataLoader path runs in `make test-all` (its sampler is tested in test_data.py too).
+@pytest.mark.parametrize("loader", ["device", pytest.param("dataloader", marks=pytest.mark.slow)])
 def test_ddp_evaluation_equals_single_process(config, tmp_path, loader):
     # 4,011 samples: a test set of 401, so the two ranks get uneven shards (200 and 201).
     data = ["data.num_samples=4011", f"data.loader={loader}"]

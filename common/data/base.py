@@ -13,10 +13,18 @@ LOADERS = ("device", "dataloader")
 
 
 def to_device(dataset: Dataset, device: torch.device) -> Dataset:
-    """The TensorDataset with its tensors on `device`; anything else unchanged."""
-    if not isinstance(dataset, TensorDataset) or dataset.tensors[0].device == device:
+    """The in-memory dataset with its tensors on `device` (the same object if already there)."""
+    if not isinstance(dataset, TensorDataset):
+        return dataset.to(device)
+    if dataset.tensors[0].device == device:
         return dataset
     return TensorDataset(*(t.to(device) for t in dataset.tensors))
+
+
+def dataset_nbytes(dataset: Dataset) -> int:
+    if isinstance(dataset, TensorDataset):
+        return sum(t.nbytes for t in dataset.tensors)
+    return dataset.nbytes
 
 
 def fits_on(device: torch.device, nbytes: int) -> bool:
@@ -106,27 +114,32 @@ class DataModule(L.LightningDataModule):
         if self.loader == "device" and self.trainer is not None:
             self._move_to(self.trainer.strategy.root_device)
 
+    def resident(self, dataset: Dataset) -> Dataset | None:
+        """`dataset` in the form the device loader holds (here a TensorDataset), else None.
+        Such a form has `.tensors`, or `.nbytes` and `.to(device)` of its own."""
+        return dataset if isinstance(dataset, TensorDataset) else None
+
     def _move_to(self, device: torch.device) -> None:
-        sets = (self.train_set, self.val_set, self.test_set)
-        if not all(isinstance(s, TensorDataset) for s in sets):
+        sets = [self.resident(s) for s in (self.train_set, self.val_set, self.test_set)]
+        if any(s is None for s in sets):
             raise UserError(
                 f"data.loader=device needs in-memory tensors, and {type(self).__name__} reads "
                 "samples one by one: use data.loader=dataloader"
             )
-        nbytes = sum(t.nbytes for s in set(sets) for t in s.tensors)
+        shared = self.test_set is self.val_set  # test_size=0: one copy on the device, not two
+        if shared:
+            sets[2] = sets[1]
+        nbytes = sum(dataset_nbytes(s) for s in sets[: 2 if shared else 3])
         if not fits_on(device, nbytes):
             warnings.warn(
                 f"the dataset ({nbytes / 2**30:.1f} GiB) does not fit comfortably in {device} "
                 "memory; batches are copied from host memory instead",
                 stacklevel=2,
             )
-            return
-        shared = self.test_set is self.val_set  # test_size=0: one copy on the device, not two
-        self.train_set, self.val_set = (
-            to_device(self.train_set, device),
-            to_device(self.val_set, device),
-        )
-        self.test_set = self.val_set if shared else to_device(self.test_set, device)
+        else:
+            sets[:2] = [to_device(s, device) for s in sets[:2]]
+            sets[2] = sets[1] if shared else to_device(sets[2], device)
+        self.train_set, self.val_set, self.test_set = sets
 
     def train_dataloader(self):
         return self._loader(self.train_set, train=True)
@@ -137,19 +150,30 @@ class DataModule(L.LightningDataModule):
     def test_dataloader(self):
         return self._loader(self.test_set, train=False)
 
+    # The DataLoader's collate_fn; datasets of variable-size samples (detection) set their own.
+    collate_fn = None
+
+    def device_loader(self, dataset: Dataset, train: bool, rank: int, world: int):
+        """The loader for `loader="device"`, or None when `dataset` is not in-memory tensors."""
+        if not isinstance(dataset, TensorDataset):
+            return None
+        return TensorLoader(
+            *dataset.tensors,
+            batch_size=self.batch_size_per_device,
+            shuffle=train,
+            seed=self.seed,
+            rank=rank,
+            world_size=world,
+        )
+
     def _loader(self, dataset: Dataset, train: bool):
         trainer = self.trainer
         rank = trainer.global_rank if trainer is not None else 0
         world = trainer.world_size if trainer is not None else 1
-        if self.loader == "device" and isinstance(dataset, TensorDataset):
-            return TensorLoader(
-                *dataset.tensors,
-                batch_size=self.batch_size_per_device,
-                shuffle=train,
-                seed=self.seed,
-                rank=rank,
-                world_size=world,
-            )
+        if self.loader == "device":
+            loader = self.device_loader(dataset, train, rank, world)
+            if loader is not None:
+                return loader
         # Training shards come from Lightning's DistributedSampler; evaluation shards must not
         # repeat samples, or metrics under DDP would differ from a single process.
         sampler = (
@@ -163,4 +187,5 @@ class DataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            collate_fn=self.collate_fn,
         )

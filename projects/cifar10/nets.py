@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.pretrained import build_pretrained
+
 
 class BasicBlock(nn.Module):
     """Two 3x3 convs with a shortcut: out = relu(bn(conv(relu(bn(conv(x))))) + shortcut(x))."""
@@ -158,20 +160,15 @@ def torchvision_resnet18(
     `pretrained=True` loads the ImageNet weights (a download into torch's cache the first time):
     transfer learning. `cifar_stem=True` swaps the 7x7 stride-2 stem and its max-pool for a 3x3
     stride-1 conv, which keeps 32x32 images from shrinking to 1x1 before the last stage; with
-    pretrained weights keep the ImageNet stem (`cifar_stem=false`) and feed larger images
-    (`data.image_size`), since a new stem would throw away the first layer that was learned.
+    pretrained weights, keeping the ImageNet stem (`cifar_stem=false`) with larger images
+    (e.g. `data=image_folder data.image_size=224`) also keeps the first layer that was learned.
     """
     from torchvision.models import ResNet18_Weights, resnet18
 
-    weights = ResNet18_Weights.IMAGENET1K_V1 if pretrained else None
-    try:
-        net = resnet18(weights=weights)
-    except Exception as err:  # no network, a proxy, a full disk
-        raise RuntimeError(
-            f"could not load torchvision's pretrained ResNet-18 weights ({err}); put the file in "
-            f"{torch.hub.get_dir()}/checkpoints, or train from scratch with "
-            "model.net.pretrained=false"
-        ) from err
+    if pretrained:
+        net = build_pretrained(resnet18, ResNet18_Weights.IMAGENET1K_V1, "ResNet-18")
+    else:
+        net = resnet18(weights=None)
     if cifar_stem or in_chans != 3:
         net.conv1 = nn.Conv2d(in_chans, 64, *((3, 1, 1) if cifar_stem else (7, 2, 3)), bias=False)
     if cifar_stem:

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.pretrained import build_pretrained
+
 
 class PatchEmbed(nn.Module):
     """Cut the image into non-overlapping patches and project each one: (B, C, H, W) -> (B, N, D).
@@ -236,15 +238,6 @@ def torchvision_vit_b16(
                 f"the pretrained ViT-B/16 weights are for 224x224 images, got image_size="
                 f"{image_size}: use image_size=224 (smaller images are upsampled to it)"
             )
-        weights = ViT_B_16_Weights.IMAGENET1K_V1
-        try:
-            net = vit_b_16(weights=weights)
-        except (OSError, RuntimeError) as e:  # URLError is an OSError; a bad hash, RuntimeError
-            raise RuntimeError(
-                f"could not download the pretrained ViT-B/16 weights from {weights.url} ({e}). "
-                f"torch caches them in {torch.hub.get_dir()}/checkpoints: copy "
-                f"{weights.url.rsplit('/', 1)[-1]} there from a machine with network access, "
-                "or train from scratch with pretrained=False"
-            ) from e
+        net = build_pretrained(vit_b_16, ViT_B_16_Weights.IMAGENET1K_V1, "ViT-B/16")
     net.heads.head = nn.Linear(net.hidden_dim, num_classes)
     return Resized(net, image_size)

@@ -1,0 +1,246 @@
+"""Box logic of the anchor-free detector in `nets.py`: pure functions of tensors, no modules.
+
+The image is cut into an H x W grid of stride x stride cells (YOLOv1); cell (i, j) has its centre
+at pixel ((j + 0.5) * stride, (i + 0.5) * stride) and predicts, per `nets.DetectionHead`,
+[objectness logit, num_classes class logits, 4 box log-distances]. Boxes are xyxy in pixels,
+flattened cells are row-major (index i * W + j, as `outputs.reshape(B, H * W, -1)` gives).
+
+- `cell_centers`, `encode`, `decode`: the box parametrization, l, t, r, b = stride * exp(reg).
+- `assign`: which cells are responsible for which ground-truth box (centre sampling, FCOS).
+- `detection_loss`: focal loss on objectness, cross-entropy on classes, GIoU loss on boxes.
+- `postprocess`: raw outputs -> per-image {"boxes", "scores", "labels"} after class-aware NMS,
+  the format torchmetrics' MeanAveragePrecision takes.
+- `perfect_outputs`: the raw outputs a perfect detector would give, for tests.
+"""
+
+import torch
+import torch.nn.functional as F
+from torchvision import ops
+
+# decode clamps the log-distances here: e^10 * stride is ~22,000 cells, far beyond any image, so
+# this never binds on a sane prediction; it only turns a diverging output into a huge finite box
+# instead of inf (and then NaN in the IoU loss).
+MAX_LOG_DISTANCE = 10.0
+
+
+def cell_centers(h: int, w: int, stride: int, device=None) -> torch.Tensor:
+    """(H * W, 2) pixel coordinates (x, y) of the cell centres, row-major: x varies fastest."""
+    ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) * stride
+    xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) * stride
+    cy, cx = torch.meshgrid(ys, xs, indexing="ij")  # (H, W) each
+    return torch.stack([cx, cy], dim=-1).reshape(-1, 2)
+
+
+def encode(
+    boxes: torch.Tensor, centers: torch.Tensor, stride: int, eps: float = 1e-3
+) -> torch.Tensor:
+    """xyxy boxes (..., 4) seen from points (..., 2) -> regression targets (..., 4): the log of
+    the distances (l, t, r, b) from the point to the left, top, right and bottom sides, in
+    strides. The inverse of `decode` for points inside the boxes; a side on or behind the point
+    (a tiny box that misses its cell's centre) is clamped to eps pixels, since a log-distance
+    can only describe boxes around the point."""
+    d = torch.cat([centers - boxes[..., :2], boxes[..., 2:] - centers], dim=-1)  # (..., 4)
+    return torch.log(d.clamp(min=eps) / stride)
+
+
+def decode(reg: torch.Tensor, centers: torch.Tensor, stride: int) -> torch.Tensor:
+    """Regression outputs (..., 4) at points (..., 2) -> xyxy boxes (..., 4) in pixels.
+
+    Distances are stride * exp(reg): always positive, so the box always contains its point and
+    can never come out inverted (x2 < x1); reg = 0 is a box of 2 x 2 cells.
+    """
+    d = torch.exp(reg.clamp(max=MAX_LOG_DISTANCE)) * stride  # (..., 4) l, t, r, b in pixels
+    return torch.cat([centers - d[..., :2], centers + d[..., 2:]], dim=-1)
+
+
+def assign(
+    targets: list[dict[str, torch.Tensor]],
+    h: int,
+    w: int,
+    stride: int,
+    num_classes: int,
+    radius: int = 1,
+    device=None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Decide which cells are positives, and for which box, in each image.
+
+    A box's positives are the cell that contains its centre (YOLOv1: always, however small the
+    box) plus the cells within `radius` cells of it whose centres fall inside the box (FCOS's
+    centre sampling). More positives per object than YOLOv1's one give more training signal
+    and let neighbouring cells agree (NMS then keeps the best); restricting them to near the
+    centre keeps cells at the object's border, whose features mostly see background, out.
+
+    A cell claimed by several boxes goes to the one of smallest area (FCOS's rule): a big box has
+    many candidate cells and loses little by ceding one, while a small box (often inside the big
+    one, like a face on a person) may have only that cell, and would otherwise never be learned.
+
+    Boxes are first clipped to the image (H * stride x W * stride): the target is the visible
+    part, which is also what `postprocess` can predict. Boxes with no area left (outside the
+    image, degenerate, NaN) are ignored. Labels must be in [0, num_classes).
+
+    Returns obj_target (B, H * W) float 0/1, cls_target (B, H * W) int64 (-1 for negatives),
+    box_target (B, H * W, 4) xyxy (zeros for negatives), on `device` (default: the first image's
+    boxes' device).
+    """
+    if device is None:
+        device = targets[0]["boxes"].device if targets else None
+    B, HW = len(targets), h * w
+    obj_target = torch.zeros(B, HW, device=device)
+    cls_target = torch.full((B, HW), -1, dtype=torch.int64, device=device)
+    box_target = torch.zeros(B, HW, 4, device=device)
+    centers = cell_centers(h, w, stride, device)  # (HW, 2)
+    cells = torch.arange(HW, device=device)
+    rows, cols = cells // w, cells % w  # (HW,) each
+
+    for b, target in enumerate(targets):
+        boxes = target["boxes"].to(device, torch.float32).reshape(-1, 4)
+        labels = target["labels"].to(device, torch.int64).reshape(-1)
+        if len(boxes) != len(labels):
+            raise ValueError(f"image {b}: {len(boxes)} boxes but {len(labels)} labels")
+        boxes = ops.clip_boxes_to_image(boxes, (h * stride, w * stride))
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # False for NaN too
+        boxes, labels = boxes[keep], labels[keep]
+        if len(boxes) == 0:
+            continue
+        if labels.min() < 0 or labels.max() >= num_classes:
+            raise ValueError(
+                f"image {b}: labels must be in [0, {num_classes}), got {labels.tolist()} "
+                "(a dataset that numbers classes from 1, with 0 for background, needs labels - 1)"
+            )
+
+        # The cell holding each box's centre; a centre on the image's far edge goes to the last.
+        box_centers = (boxes[:, :2] + boxes[:, 2:]) / 2  # (N, 2)
+        ci = (box_centers[:, 1] / stride).floor().long().clamp(0, h - 1)  # (N,)
+        cj = (box_centers[:, 0] / stride).floor().long().clamp(0, w - 1)
+        drow = (rows[None] - ci[:, None]).abs()  # (N, HW) distance in cells to the centre cell
+        dcol = (cols[None] - cj[:, None]).abs()
+        inside = (
+            (centers[None, :, 0] > boxes[:, None, 0])
+            & (centers[None, :, 0] < boxes[:, None, 2])
+            & (centers[None, :, 1] > boxes[:, None, 1])
+            & (centers[None, :, 1] < boxes[:, None, 3])
+        )  # (N, HW)
+        candidate = ((drow <= radius) & (dcol <= radius) & inside) | ((drow == 0) & (dcol == 0))
+
+        # Each cell takes its smallest candidate box: inf where a box does not claim the cell.
+        cost = torch.where(candidate, ops.box_area(boxes)[:, None], torch.inf)  # (N, HW)
+        min_area, winner = cost.min(dim=0)  # (HW,) each
+        positive = torch.isfinite(min_area)
+        obj_target[b] = positive.float()
+        cls_target[b] = torch.where(positive, labels[winner], -1)
+        box_target[b] = torch.where(positive[:, None], boxes[winner], 0.0)
+    return obj_target, cls_target, box_target
+
+
+def detection_loss(
+    outputs: torch.Tensor,
+    targets: list[dict[str, torch.Tensor]],
+    stride: int,
+    num_classes: int,
+    box_weight: float = 5.0,
+    radius: int = 1,
+) -> dict[str, torch.Tensor]:
+    """Raw outputs (B, H, W, 1 + C + 4) and targets -> {"loss", "obj", "cls", "box"} scalars.
+
+    - obj: sigmoid focal loss (Lin et al. 2017) over *all* cells. A 16 x 16 grid with three
+      objects has ~20 positive cells and ~240 negatives, most of them trivially empty; plain BCE
+      would be dominated by these easy negatives, the focal loss's (1 - p_t)^2 factor mutes
+      them so the loss is about the hard cells.
+    - cls: cross-entropy over the positive cells only (a negative cell's class is meaningless;
+      objectness already says "nothing here").
+    - box: GIoU loss (Rezatofighi et al. 2019) between the decoded boxes and the targets on the
+      positive cells. IoU is scale-invariant, so a 5-pixel error costs more on a small box than
+      on a big one, as it should and as mAP measures; L1 on distances would need per-size
+      weights. The G term keeps a gradient even when the boxes do not overlap.
+
+    All three are sums divided by the number of positive cells in the batch (at least 1), as in
+    RetinaNet and FCOS: the loss per object does not depend on how many objects the batch has,
+    and a batch with no objects gives obj alone, never 0 / 0. loss = obj + cls +
+    box_weight * box; 5 is YOLOv1's lambda_coord (and YOLOX's IoU-loss weight). The maths runs
+    in float32 even under autocast: logs and exps of half-precision logits lose too much.
+    """
+    outputs = outputs.float()
+    B, H, W, D = outputs.shape
+    if D != 1 + num_classes + 4:
+        raise ValueError(f"outputs have {D} channels, expected 1 + {num_classes} + 4")
+    out = outputs.reshape(B, H * W, D)
+    obj_target, cls_target, box_target = assign(
+        targets, H, W, stride, num_classes, radius, device=outputs.device
+    )
+    positive = obj_target > 0  # (B, HW)
+    normalizer = positive.sum().clamp(min=1).float()
+
+    obj = ops.sigmoid_focal_loss(out[..., 0], obj_target, reduction="sum") / normalizer
+    # Sums over the positives: cross_entropy's "mean" of zero cells would be NaN.
+    cls = F.cross_entropy(
+        out[..., 1 : 1 + num_classes][positive], cls_target[positive], reduction="sum"
+    )
+    centers = cell_centers(H, W, stride, outputs.device).expand(B, -1, -1)[positive]  # (P, 2)
+    pred_boxes = decode(out[..., 1 + num_classes :][positive], centers, stride)  # (P, 4)
+    box = ops.generalized_box_iou_loss(pred_boxes, box_target[positive], reduction="sum")
+    cls, box = cls / normalizer, box / normalizer
+    return {"loss": obj + cls + box_weight * box, "obj": obj, "cls": cls, "box": box}
+
+
+@torch.no_grad()
+def postprocess(
+    outputs: torch.Tensor,
+    stride: int,
+    score_threshold: float = 0.05,
+    iou_threshold: float = 0.5,
+    max_detections: int = 100,
+) -> list[dict[str, torch.Tensor]]:
+    """Raw outputs (B, H, W, 1 + C + 4) -> per image {"boxes" (K, 4) xyxy pixels, "scores"
+    (K,), "labels" (K,) int64}, best first, K <= max_detections.
+
+    score = sigmoid(obj) * max softmax(cls): the probability that an object is here times that
+    it is of the best class. Boxes are clipped to the image (H * stride x W * stride). Several
+    cells predict each object (`assign` trains up to (2 * radius + 1)^2 of them), so NMS drops
+    every box that overlaps a higher-scoring box of the same class by more than iou_threshold;
+    class-aware, so a rider and their horse do not suppress each other. The low default
+    threshold keeps the low-confidence detections that mAP's precision-recall curve needs.
+    """
+    outputs = outputs.float()
+    B, H, W, D = outputs.shape
+    num_classes = D - 5
+    out = outputs.reshape(B, H * W, D)
+    cls_prob, labels = out[..., 1 : 1 + num_classes].softmax(dim=-1).max(dim=-1)  # (B, HW)
+    scores = out[..., 0].sigmoid() * cls_prob  # (B, HW)
+    centers = cell_centers(H, W, stride, outputs.device)  # (HW, 2), broadcast over B
+    boxes = decode(out[..., 1 + num_classes :], centers, stride)  # (B, HW, 4)
+    boxes = ops.clip_boxes_to_image(boxes, (H * stride, W * stride))
+
+    results = []
+    for b in range(B):
+        keep = scores[b] > score_threshold
+        img_boxes, img_scores, img_labels = boxes[b][keep], scores[b][keep], labels[b][keep]
+        keep = ops.batched_nms(img_boxes, img_scores, img_labels, iou_threshold)  # best first
+        keep = keep[:max_detections]
+        results.append(
+            {"boxes": img_boxes[keep], "scores": img_scores[keep], "labels": img_labels[keep]}
+        )
+    return results
+
+
+def perfect_outputs(
+    targets: list[dict[str, torch.Tensor]],
+    h: int,
+    w: int,
+    stride: int,
+    num_classes: int,
+    logit: float = 10.0,
+    radius: int = 1,
+) -> torch.Tensor:
+    """The raw outputs (B, H, W, 1 + C + 4) of a perfect, confident detector: objectness +logit
+    on `assign`'s positive cells and -logit elsewhere, class logits +logit for the target class
+    and -logit for the others, and box outputs that `decode` maps exactly onto the target boxes
+    (zeros on negative cells). `detection_loss` on them is ~0 and `postprocess` returns the
+    (clipped) targets; a box that misses its cell's centre is the one exception (`encode`)."""
+    obj_target, cls_target, box_target = assign(targets, h, w, stride, num_classes, radius)
+    positive = obj_target > 0  # (B, HW)
+    obj = torch.where(positive, logit, -logit)[..., None]  # (B, HW, 1)
+    onehot = F.one_hot(cls_target.clamp(min=0), num_classes).bool() & positive[..., None]
+    cls = torch.where(onehot, logit, -logit)  # (B, HW, C)
+    centers = cell_centers(h, w, stride, obj_target.device)
+    reg = torch.where(positive[..., None], encode(box_target, centers, stride), 0.0)  # (B, HW, 4)
+    return torch.cat([obj, cls, reg], dim=-1).reshape(len(targets), h, w, 1 + num_classes + 4)

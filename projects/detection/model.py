@@ -1,0 +1,173 @@
+"""YOLO-style detection: loss, mAP, pictures of predictions, and prediction on a file."""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MeanMetric
+from torchmetrics.detection import MeanAveragePrecision
+from torchvision.utils import draw_bounding_boxes, make_grid
+
+from common.errors import UserError
+from common.figures import log_image
+from common.module import TemplateModule
+from projects.detection.boxes import detection_loss, postprocess
+
+
+class DetectionModel(TemplateModule):
+    """A single-stage detector (`nets.Detector`) trained on (images, targets) batches.
+
+    images: normalized float (B, 3, S, S); targets: B dicts {"boxes" (N, 4) xyxy pixels,
+    "labels" (N,)}. Logs `train/loss` (and its `obj`, `cls`, `box` parts), `val/loss`,
+    `val/map50` (mAP at IoU 0.5), `val/map` (mAP averaged over IoU 0.5:0.95, COCO's main
+    number) and the same for test, through torchmetrics' MeanAveragePrecision (pycocotools);
+    and, each validation, `val/predictions`: images with true (green) and predicted boxes.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        num_classes: int,
+        optimizer,
+        scheduler=None,
+        class_names: list[str] | None = None,
+        box_weight: float = 5.0,
+        score_threshold: float = 0.05,
+        iou_threshold: float = 0.5,
+        max_detections: int = 100,
+        show_threshold: float = 0.3,
+        log_images: int = 8,
+    ):
+        super().__init__(optimizer, scheduler)
+        # class_names arrives as an OmegaConf list, which weights_only loading refuses; the
+        # checkpoint's stored config holds the names anyway.
+        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler", "class_names"])
+        self.net = net
+        self.num_classes = num_classes
+        self.class_names = list(class_names or [str(i) for i in range(num_classes)])
+        self.box_weight = box_weight
+        self.nms = dict(
+            score_threshold=score_threshold,
+            iou_threshold=iou_threshold,
+            max_detections=max_detections,
+        )
+        self.show_threshold, self.log_images = show_threshold, log_images
+        self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
+        self.val_map = MeanAveragePrecision(box_format="xyxy", iou_type="bbox")
+        self.test_map = MeanAveragePrecision(box_format="xyxy", iou_type="bbox")
+        self._shown = None  # (images, targets, predictions) of the first validation batch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)  # (B, S/stride, S/stride, 1 + C + 4) raw outputs
+
+    def loss(self, outputs: torch.Tensor, targets: list[dict]) -> dict[str, torch.Tensor]:
+        return detection_loss(
+            outputs, targets, self.net.stride, self.num_classes, box_weight=self.box_weight
+        )
+
+    def predict(self, outputs: torch.Tensor) -> list[dict]:
+        return postprocess(outputs, self.net.stride, **self.nms)
+
+    def training_step(self, batch, batch_idx):
+        images, targets = batch
+        losses = self.loss(self(images), targets)
+        self.log("train/loss", losses["loss"], prog_bar=True)
+        self.log_dict({f"train/{k}": v for k, v in losses.items() if k != "loss"})
+        return losses["loss"]
+
+    def evaluate(self, batch, stage: str) -> list[dict]:
+        images, targets = batch
+        outputs = self(images)
+        getattr(self, f"{stage}_loss").update(self.loss(outputs, targets)["loss"], len(images))
+        predictions = self.predict(outputs)
+        getattr(self, f"{stage}_map").update(predictions, targets)
+        return predictions
+
+    def validation_step(self, batch, batch_idx):
+        predictions = self.evaluate(batch, "val")
+        if batch_idx == 0 and self.log_images:
+            n = self.log_images
+            self._shown = (batch[0][:n], batch[1][:n], predictions[:n])
+
+    def test_step(self, batch, batch_idx):
+        self.evaluate(batch, "test")
+
+    def _log_map(self, stage: str) -> None:
+        metric = getattr(self, f"{stage}_map")
+        result = metric.compute()  # synced across processes
+        metric.reset()
+        self.log(f"{stage}/map50", result["map_50"], prog_bar=stage == "val")
+        self.log(f"{stage}/map", result["map"])
+        loss = getattr(self, f"{stage}_loss")
+        self.log(f"{stage}/loss", loss.compute())
+        loss.reset()
+
+    def on_validation_epoch_end(self):
+        self._log_map("val")
+        if self._shown is not None and not self.trainer.sanity_checking:
+            log_image(self, "val/predictions", self.draw_grid(*self._shown))
+        self._shown = None
+
+    def on_test_epoch_end(self):
+        self._log_map("test")
+
+    def draw(self, image: torch.Tensor, prediction: dict, target: dict | None = None):
+        """uint8 (3, H, W) with true boxes in green and predicted ones (score >= show_threshold)
+        in red, labelled with class and score."""
+        image = image.cpu()
+        if target is not None and len(target["boxes"]):
+            image = draw_bounding_boxes(image, target["boxes"].cpu(), colors="lime", width=1)
+        keep = prediction["scores"] >= self.show_threshold
+        boxes, scores = prediction["boxes"][keep].cpu(), prediction["scores"][keep].cpu()
+        labels = [
+            f"{self.class_names[int(c)]} {s:.2f}"
+            for c, s in zip(prediction["labels"][keep], scores, strict=True)
+        ]
+        if len(boxes):
+            image = draw_bounding_boxes(image, boxes, labels, colors="red", width=2)
+        return image
+
+    def draw_grid(self, images: torch.Tensor, targets: list[dict], predictions: list[dict]):
+        """A grid of the first validation images, un-normalized to uint8 for display."""
+        low = images.amin(dim=(1, 2, 3), keepdim=True)
+        high = images.amax(dim=(1, 2, 3), keepdim=True)
+        pixels = ((images - low) / (high - low).clamp(min=1e-6) * 255).to(torch.uint8)
+        drawn = [self.draw(*args) for args in zip(pixels, predictions, targets, strict=True)]
+        return make_grid(torch.stack(drawn), nrow=4, padding=2)
+
+    def predict_file(self, path: Path, datamodule, output: Path | None = None) -> str:
+        """Detect objects in one image file: write `<name>_pred.png` beside it (or `output`) with
+        the boxes drawn at the image's own size; return one line per box."""
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path) as opened:
+                original = opened.convert("RGB")
+        except (UnidentifiedImageError, OSError) as err:
+            raise UserError(f"cannot read the image {path}: {err}") from err
+        width, height = original.size
+        size = datamodule.image_size
+        pixels = torch.from_numpy(np.array(original)).permute(2, 0, 1)  # (3, H, W) uint8
+        resized = F.interpolate(pixels[None].float(), size=(size, size), mode="bilinear")
+        resized = resized.round().clamp(0, 255).to(torch.uint8).to(self.device)  # (1, 3, S, S)
+        images, _ = datamodule.on_after_batch_transfer((resized, [{}]), 0)
+        prediction = self.predict(self(images))[0]
+        scale = torch.tensor([width / size, height / size] * 2, device=self.device)
+        prediction["boxes"] = prediction["boxes"] * scale  # back to the file's pixels
+        drawn = self.draw(pixels, prediction)
+        output = output or path.with_name(f"{path.stem}_pred.png")
+        Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(output)
+        keep = prediction["scores"] >= self.show_threshold
+        lines = [
+            f"{self.class_names[int(c)]:<12} {s:.2f}  " + " ".join(f"{v:.0f}" for v in box.tolist())
+            for box, s, c in zip(
+                prediction["boxes"][keep],
+                prediction["scores"][keep],
+                prediction["labels"][keep],
+                strict=True,
+            )
+        ]
+        header = f"{len(lines)} objects (score >= {self.show_threshold}), boxes x1 y1 x2 y2:"
+        return "\n".join([header, *lines, f"wrote {output}"])
