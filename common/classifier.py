@@ -39,20 +39,25 @@ class Classifier(TemplateModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
-    def eval_logits(self, x: torch.Tensor) -> torch.Tensor:
+    def unpack(self, batch) -> tuple[tuple, torch.Tensor]:
+        """(inputs to forward, targets) of a batch; text batches carry lengths too."""
+        x, y = batch
+        return (x,), y
+
+    def eval_logits(self, *inputs: torch.Tensor) -> torch.Tensor:
         """Logits for validation and test; subclasses add test-time augmentation here."""
-        return self(x)
+        return self(*inputs)
 
     def training_step(self, batch, batch_idx):
-        x, y = batch
-        loss = F.cross_entropy(self(x), y, label_smoothing=self.label_smoothing)
+        inputs, y = self.unpack(batch)
+        loss = F.cross_entropy(self(*inputs), y, label_smoothing=self.label_smoothing)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
     def evaluate(self, batch, stage: str) -> torch.Tensor:
         """Update `stage`'s loss and accuracy (unsmoothed loss); return the predictions (B,)."""
-        x, y = batch
-        logits = self.eval_logits(x)
+        inputs, y = self.unpack(batch)
+        logits = self.eval_logits(*inputs)
         loss, acc = getattr(self, f"{stage}_loss"), getattr(self, f"{stage}_acc")
         loss.update(F.cross_entropy(logits, y), weight=len(y))
         preds = logits.argmax(dim=1)

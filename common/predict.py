@@ -1,10 +1,11 @@
-"""Run a trained model on your own input: `make predict PROJECT=<name> ckpt_path=... input=...`.
+"""Run a trained model on your input: `make predict PROJECT=<name> ckpt_path=... input=...|text=...`.
 
 The model and its data settings (image size, normalization, class names) are rebuilt from the
 config stored in the checkpoint, and the weights loaded with torch's safe `weights_only` loader.
 What "predict" means is the project's: its LightningModule implements
-`predict_file(path, datamodule, output) -> str`, which writes its result (an annotated image, a
-label) and returns the text to print.
+`predict_file(path, datamodule, output) -> str` (`input=<file>`: writes its result, such as an
+annotated image) and/or `predict_text(text, datamodule) -> str` (`text="..."`), each returning
+the text to print.
 """
 
 from pathlib import Path
@@ -20,29 +21,37 @@ from common.runs import load_checkpoint, resolve_ckpt_path, saved_config
 
 
 def predict(cfg: DictConfig) -> str:
-    """Predict on `cfg.input` with the checkpoint `cfg.ckpt_path`; return what was printed."""
+    """Predict on `cfg.input` (a file) or `cfg.text` with the checkpoint `cfg.ckpt_path`; return
+    what was printed."""
     ckpt_path = resolve_ckpt_path(cfg)
     if ckpt_path is None:
         raise UserError("predict needs a checkpoint: ckpt_path=<file>, or ckpt_path=last")
-    path = Path(str(cfg.input)).expanduser()
-    if not path.is_file():
-        raise UserError(f"input={cfg.input}: no such file")
+    text, file = cfg.get("text"), cfg.get("input")
+    if (text is None) == (file is None):
+        raise UserError('predict needs one of input=<file> or text="..."')
+    path = Path(str(file)).expanduser() if file is not None else None
+    if path is not None and not path.is_file():
+        raise UserError(f"input={file}: no such file")
     checkpoint = load_checkpoint(ckpt_path)
     saved = saved_config(cfg, checkpoint, ckpt_path)
     model = instantiate(saved.model)
-    if not hasattr(model, "predict_file"):
-        raise UserError(
-            f"project '{cfg.name}' has no predict command (its model has no predict_file)"
-        )
+    hook = "predict_text" if text is not None else "predict_file"
+    if not hasattr(model, hook):
+        what = "text" if text is not None else "input"
+        raise UserError(f"project '{cfg.name}' does not predict from {what}= (no {hook})")
     model.load_state_dict(checkpoint["state_dict"])
+    model.on_load_checkpoint(checkpoint)  # what a project keeps beside the weights (a tokenizer)
     device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else cfg.device
     model.to("cpu" if device == "auto" else device).eval()
     datamodule = instantiate(saved.data)
-    output = Path(cfg.output) if cfg.get("output") else None
     with torch.inference_mode():
-        text = model.predict_file(path, datamodule, output)
-    print(text)
-    return text
+        if text is not None:
+            result = model.predict_text(str(text), datamodule)
+        else:
+            output = Path(cfg.output) if cfg.get("output") else None
+            result = model.predict_file(path, datamodule, output)
+    print(result)
+    return result
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="predict")

@@ -34,8 +34,8 @@ def test_data_option(tmp_path, option):
     dm = instantiate(cfg.data)
     dm.prepare_data()
     dm.setup("fit")
-    x, y = next(iter(dm.train_dataloader()))
-    assert len(x) == len(y) == cfg.data.batch_size
+    *inputs, y = next(iter(dm.train_dataloader()))  # (images, labels), (tokens, lengths, labels)
+    assert len(inputs[0]) == len(y) == cfg.data.batch_size
 
 
 @pytest.mark.parametrize("option", options("model"))

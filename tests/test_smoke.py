@@ -34,6 +34,12 @@ def test_experiment_fast_dev_run(config, experiment):
     assert "train/loss" in train(cfg)
 
 
+@pytest.mark.parametrize("encoder", options("encoder"))
+def test_encoder_option(config, encoder):
+    cfg = config("project=sentiment", f"encoder={encoder}", "debug=fdr")
+    assert "test/f1" in train(cfg)
+
+
 @pytest.mark.parametrize("optimizer", options("model/optimizer"))
 def test_optimizer_option(config, optimizer):
     cfg = config(

@@ -35,6 +35,24 @@ def fits_on(device: torch.device, nbytes: int) -> bool:
     return nbytes < free // 4
 
 
+def fetch_or_explain(fetch, missing, download: bool, what: str, fix: str) -> None:
+    """Run `fetch()` (a download) unless `download` is off; if `missing()` is still true after,
+    raise one UserError: `what` is missing (name the folder and files) because of the reason
+    found, and `fix` says what to do instead."""
+    reason = "data.download=false"
+    if download:
+        try:
+            fetch()
+            if not missing():
+                return
+            reason = "the download did not bring them"
+        except Exception as err:  # no network, a mirror down, a disk full: all one message
+            # torchvision lists every mirror it tried; the last line says why.
+            lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+            reason = f"the download failed ({lines[-1] if lines else type(err).__name__})"
+    raise UserError(f"{what} and {reason}. {fix}")
+
+
 def split(dataset: Dataset, val_size: float | int, seed: int) -> tuple[Dataset, Dataset]:
     """Seeded train/val split. `val_size` is a fraction (< 1) or a count.
 

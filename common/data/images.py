@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-from common.data.base import DataModule
+from common.data.base import DataModule, fetch_or_explain
 from common.data.synthetic import synthetic_images
 from common.errors import UserError
 
@@ -149,19 +149,12 @@ class ImageDataModule(DataModule):
     def prepare_data(self) -> None:
         if self.synthetic or not self._missing():
             return
-        reason = "data.download=false"
-        if self.download:
-            try:
-                self.fetch()
-                return
-            except Exception as err:  # no network, a mirror down, a disk full: all one message
-                # torchvision lists every mirror it tried; the last line says why.
-                lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-                reason = f"the download failed ({lines[-1] if lines else type(err).__name__})"
-        raise UserError(
-            f"{self.name} files missing in {self.raw_dir} (expected {', '.join(self.raw_files)}) "
-            f"and {reason}. Put the files there, or train on synthetic images with "
-            "data.synthetic=true"
+        fetch_or_explain(
+            self.fetch,
+            self._missing,
+            self.download,
+            f"{self.name} files missing in {self.raw_dir} (expected {', '.join(self.raw_files)})",
+            "Put the files there, or train on synthetic images with data.synthetic=true",
         )
 
     def load(self) -> tuple[TensorDataset, TensorDataset]:

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, Subset
 
+from common.data.base import fetch_or_explain
 from common.data.shapes import DetectionDataModule, generate_shapes, resolve_class_names
 from common.errors import UserError
 
@@ -213,21 +214,14 @@ class VOCDataModule(DetectionDataModule):
     def prepare_data(self) -> None:
         if self.synthetic or not self._missing():
             return
-        reason = "data.download=false"
-        if self.download:
-            try:
-                self.fetch()
-                if not self._missing():
-                    return
-                reason = "the downloaded archives do not hold them"
-            except Exception as err:  # no network, a mirror down, a disk full: all one message
-                lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-                reason = f"the download failed ({lines[-1] if lines else type(err).__name__})"
-        raise UserError(
+        fetch_or_explain(
+            self.fetch,
+            self._missing,
+            self.download,
             f"Pascal VOC {self.year} files missing in {self.voc_root} (expected "
-            f"{', '.join(self.expected())}) and {reason}. Put the VOCdevkit folder in "
-            f"{self.data_dir}, or train on synthetic shapes with data=shapes "
-            "(or data.synthetic=true)"
+            f"{', '.join(self.expected())})",
+            f"Put the VOCdevkit folder in {self.data_dir}, or train on synthetic shapes with "
+            "data=shapes (or data.synthetic=true)",
         )
 
     def load(self) -> tuple[Dataset, Dataset]:

@@ -1,0 +1,241 @@
+"""Text classifiers for sentiment: three encoders and a linear head, plain nn.Modules, no Lightning.
+
+Every encoder takes the same batch and returns one vector per text:
+    tokens  (B, T) int64, padded with pad id 0 at the END; position 0 of every text is [CLS]
+    lengths (B,)   int64, the real lengths (>= 1: the [CLS] token is always there)
+    -> (B, out_dim)
+so SentimentNet can put any of them under the same head, and Hydra can swap them:
+    net: {_target_: projects.sentiment.nets.SentimentNet,
+          encoder: {_target_: projects.sentiment.nets.RNNEncoder, vocab_size: ...}}
+None of them looks at what sits in the padded positions: adding more padding never changes the
+output (the tests check it), so batches can be padded to any length.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+PAD = 0  # the pad id; the embeddings keep its row at zero and never give it a gradient
+
+
+def padding_mask(lengths, T: int):
+    """(B,) lengths -> (B, T) bool, True at the real tokens and False at the padding."""
+    return torch.arange(T, device=lengths.device) < lengths[:, None]
+
+
+class BagEncoder(nn.Module):
+    """fastText (Joulin et al. 2017): the average of the token and hashed-bigram embeddings.
+
+    A bag of words is blind to order ("not good" and "good, not" are the same bag); the bigrams
+    bring back local order at the cost of one table row per hash bucket. Each bigram (a, b) of
+    neighbouring real tokens goes to row vocab_size + (a * 1000003 + b) % bigram_buckets of the
+    same table as the words, and the text is ONE mean over all its word and bigram rows (fastText's
+    way: the two are averaged together, neither concatenated nor summed as separate means), so
+    out_dim = embed_dim. Colliding bigrams share a row; with 2**18 buckets that is rare.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        embed_dim: int = 64,
+        bigrams: bool = True,
+        bigram_buckets: int = 2**18,
+    ):
+        super().__init__()
+        self.vocab_size, self.bigrams, self.bigram_buckets = vocab_size, bigrams, bigram_buckets
+        self.out_dim = embed_dim
+        rows = vocab_size + (bigram_buckets if bigrams else 0)
+        # mode="mean" with offsets: a 1-D list of all the features of all texts, one bag per text,
+        # so the padding is simply left out of the list rather than masked.
+        self.embed = nn.EmbeddingBag(rows, embed_dim, mode="mean")
+        # fastText's init: small uniform rows, so the initial mean is near zero whatever its size.
+        nn.init.uniform_(self.embed.weight, -1.0 / embed_dim, 1.0 / embed_dim)
+
+    def forward(self, tokens, lengths):  # (B, T), (B,) -> (B, D)
+        B, T = tokens.shape
+        ids, keep = tokens, padding_mask(lengths, T)  # (B, T)
+        if self.bigrams and T > 1:
+            a, b = tokens[:, :-1], tokens[:, 1:]  # (B, T-1): the pairs (t_i, t_{i+1})
+            hashed = self.vocab_size + (a * 1000003 + b) % self.bigram_buckets
+            ids = torch.cat([ids, hashed], dim=1)  # (B, 2T-1)
+            # A pair is real when its second token is: i + 1 < length.
+            keep = torch.cat([keep, keep[:, 1:]], dim=1)
+        counts = keep.sum(dim=1)  # (B,) features per text
+        offsets = counts.cumsum(0) - counts  # (B,) where each text's bag starts
+        # Boolean indexing reads row by row, so each text's features stay together in order.
+        return self.embed(ids[keep], offsets)  # (sum of counts,) -> (B, D)
+
+
+class RNNEncoder(nn.Module):
+    """Embeddings -> packed LSTM or GRU -> the final hidden state of each direction, concatenated.
+
+    Packing (pack_padded_sequence) runs each text for exactly its own length: the padding never
+    enters the recurrence, so the forward direction's final state is the one after the real last
+    token (not after a run of pads), and the backward direction STARTS at the real last token
+    instead of reading the pads first. Without it the output would depend on how much padding the
+    batch happened to have. out_dim = hidden * (2 if bidirectional else 1).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        embed_dim: int = 128,
+        hidden: int = 128,
+        layers: int = 1,
+        cell: str = "lstm",
+        bidirectional: bool = True,
+        drop_rate: float = 0.1,
+    ):
+        super().__init__()
+        rnns = {"lstm": nn.LSTM, "gru": nn.GRU}
+        if cell not in rnns:
+            raise ValueError(f"cell must be 'lstm' or 'gru', got {cell!r}")
+        self.cell = cell
+        self.out_dim = hidden * (2 if bidirectional else 1)
+        self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD)
+        self.drop = nn.Dropout(drop_rate)
+        # The RNN's own dropout acts between layers only (PyTorch warns if set with one layer).
+        self.rnn = rnns[cell](
+            embed_dim,
+            hidden,
+            num_layers=layers,
+            batch_first=True,
+            bidirectional=bidirectional,
+            dropout=drop_rate if layers > 1 else 0.0,
+        )
+
+    def forward(self, tokens, lengths):  # (B, T), (B,) -> (B, out_dim)
+        x = self.drop(self.embed(tokens))  # (B, T, E)
+        # The lengths must be on the CPU; enforce_sorted=False sorts (and unsorts) internally.
+        packed = nn.utils.rnn.pack_padded_sequence(
+            x, lengths.cpu(), batch_first=True, enforce_sorted=False
+        )
+        _, h = self.rnn(packed)  # h (layers * dirs, B, H), back in the batch's order
+        if self.cell == "lstm":
+            h = h[0]  # (h_n, c_n): the hidden state, not the cell state
+        dirs = 2 if self.rnn.bidirectional else 1
+        # The last layer's final states: forward after the last real token, backward after [CLS].
+        return torch.cat(list(h[-dirs:]), dim=-1)  # (B, dirs * H)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention in which no query attends to a padded key."""
+
+    def __init__(self, dim: int, num_heads: int, drop_rate: float = 0.0):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(drop_rate)
+
+    def forward(self, x, mask):  # (B, T, D), (B, 1, 1, T) bool, True = may attend -> (B, T, D)
+        B, T, D = x.shape
+        # (B, T, 3D) -> (3, B, heads, T, D/heads)
+        qkv = self.qkv(x).view(B, T, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        # The mask broadcasts over heads and queries: padded keys get weight exactly 0, so neither
+        # their values nor (through the softmax) their count reach a real token. Every row keeps
+        # at least key 0 ([CLS]), so no softmax is over nothing.
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, heads, T, D/heads)
+        x = x.transpose(1, 2).reshape(B, T, D)  # concatenate the heads
+        return self.proj_drop(self.proj(x))
+
+
+class Block(nn.Module):
+    """A pre-norm transformer block: x + attn(LN(x)), then x + mlp(LN(x))."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, drop_rate: float = 0.0):
+        super().__init__()
+        hidden = int(dim * mlp_ratio)
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, num_heads, drop_rate)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, hidden),
+            nn.GELU(),
+            nn.Dropout(drop_rate),
+            nn.Linear(hidden, dim),
+            nn.Dropout(drop_rate),
+        )
+
+    def forward(self, x, mask):  # (B, T, D) -> (B, T, D)
+        x = x + self.attn(self.norm1(x), mask)
+        return x + self.mlp(self.norm2(x))
+
+
+class TransformerEncoder(nn.Module):
+    """BERT-style: token + learned position embeddings, pre-norm blocks, LayerNorm, [CLS] output.
+
+    (B, T) tokens -> (B, T, D) -> depth blocks (padded keys masked) -> (B, D) at position 0.
+    Attention alone is blind to order; the position embeddings (max_length of them) are what let
+    the model tell "not good" from "good, not". Padded positions are still computed (they are
+    queries like any other) but nothing real attends to them and only [CLS] is read out, so they
+    never reach the output.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        max_length: int = 512,
+        embed_dim: int = 128,
+        depth: int = 2,
+        num_heads: int = 4,
+        mlp_ratio: float = 4.0,
+        drop_rate: float = 0.1,
+    ):
+        super().__init__()
+        self.max_length = max_length
+        self.out_dim = embed_dim
+        self.tok_embed = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD)
+        self.pos_embed = nn.Parameter(torch.zeros(1, max_length, embed_dim))
+        self.drop = nn.Dropout(drop_rate)
+        self.blocks = nn.ModuleList(
+            Block(embed_dim, num_heads, mlp_ratio, drop_rate) for _ in range(depth)
+        )
+        self.norm = nn.LayerNorm(embed_dim)
+        self.apply(_init_weights)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+
+    def forward(self, tokens, lengths):  # (B, T), (B,) -> (B, D)
+        T = tokens.shape[1]
+        if T > self.max_length:
+            raise ValueError(
+                f"got sequences of {T} tokens, the model has position embeddings for "
+                f"max_length={self.max_length}: truncate the texts or build it with a larger "
+                "max_length"
+            )
+        mask = padding_mask(lengths, T)[:, None, None, :]  # (B, 1, 1, T): keys only
+        x = self.drop(self.tok_embed(tokens) + self.pos_embed[:, :T])  # (B, T, D)
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.norm(x)[:, 0]  # (B, D): the [CLS] token's output
+
+
+def _init_weights(m: nn.Module):
+    # BERT's: N(0, 0.02) Linear and embedding weights keep the initial residual branches small.
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Embedding):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.padding_idx is not None:
+            nn.init.zeros_(m.weight[m.padding_idx])
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+class SentimentNet(nn.Module):
+    """Any encoder above, dropout, then Linear(encoder.out_dim, num_classes): (B, T) -> logits."""
+
+    def __init__(self, encoder: nn.Module, num_classes: int = 2, drop_rate: float = 0.1):
+        super().__init__()
+        self.encoder = encoder
+        self.drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(encoder.out_dim, num_classes)
+
+    def forward(self, tokens, lengths):  # (B, T), (B,) -> (B, num_classes)
+        return self.head(self.drop(self.encoder(tokens, lengths)))
