@@ -116,7 +116,8 @@ class DataModule(L.LightningDataModule):
         """Return (train pool, test set); a None test set means: test on the validation split."""
         raise NotImplementedError
 
-    def setup(self, stage: str | None = None) -> None:
+    def split_batch_over_processes(self) -> None:
+        """`batch_size` is global: each of the trainer's processes loads an equal share."""
         world = self.trainer.world_size if self.trainer is not None else 1
         if self.batch_size % world:
             raise UserError(
@@ -124,6 +125,9 @@ class DataModule(L.LightningDataModule):
                 f"over {world} processes"
             )
         self.batch_size_per_device = self.batch_size // world
+
+    def setup(self, stage: str | None = None) -> None:
+        self.split_batch_over_processes()
         if self.train_set is None:
             pool, self.test_set = self.load()
             self.train_set, self.val_set = split(pool, self.val_size, self.seed)

@@ -326,13 +326,7 @@ class TextDataModule(DataModule):
     def setup(self, stage: str | None = None) -> None:
         """Like the base's, but the tokenizer is trained between the split and the encoding, and
         nothing moves to the device (`loader: device` means DataLoaders here too)."""
-        world = self.trainer.world_size if self.trainer is not None else 1
-        if self.batch_size % world:
-            raise UserError(
-                f"data.batch_size={self.batch_size} is the global batch and must divide evenly "
-                f"over {world} processes"
-            )
-        self.batch_size_per_device = self.batch_size // world
+        self.split_batch_over_processes()
         if self.train_set is not None:
             return
         texts, labels, test_texts, test_labels = self._texts()
