@@ -12,8 +12,9 @@ output (the tests check it), so batches can be padded to any length.
 """
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from common.transformer import Block, init_weights
 
 PAD = 0  # the pad id; the embeddings keep its row at zero and never give it a gradient
 
@@ -118,53 +119,6 @@ class RNNEncoder(nn.Module):
         return torch.cat(list(h[-dirs:]), dim=-1)  # (B, dirs * H)
 
 
-class Attention(nn.Module):
-    """Multi-head self-attention in which no query attends to a padded key."""
-
-    def __init__(self, dim: int, num_heads: int, drop_rate: float = 0.0):
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(drop_rate)
-
-    def forward(self, x, mask):  # (B, T, D), (B, 1, 1, T) bool, True = may attend -> (B, T, D)
-        B, T, D = x.shape
-        # (B, T, 3D) -> (3, B, heads, T, D/heads)
-        qkv = self.qkv(x).view(B, T, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        # The mask broadcasts over heads and queries: padded keys get weight exactly 0, so neither
-        # their values nor (through the softmax) their count reach a real token. Every row keeps
-        # at least key 0 ([CLS]), so no softmax is over nothing.
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, heads, T, D/heads)
-        x = x.transpose(1, 2).reshape(B, T, D)  # concatenate the heads
-        return self.proj_drop(self.proj(x))
-
-
-class Block(nn.Module):
-    """A pre-norm transformer block: x + attn(LN(x)), then x + mlp(LN(x))."""
-
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, drop_rate: float = 0.0):
-        super().__init__()
-        hidden = int(dim * mlp_ratio)
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, num_heads, drop_rate)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(
-            nn.Linear(dim, hidden),
-            nn.GELU(),
-            nn.Dropout(drop_rate),
-            nn.Linear(hidden, dim),
-            nn.Dropout(drop_rate),
-        )
-
-    def forward(self, x, mask):  # (B, T, D) -> (B, T, D)
-        x = x + self.attn(self.norm1(x), mask)
-        return x + self.mlp(self.norm2(x))
-
-
 class TransformerEncoder(nn.Module):
     """BERT-style: token + learned position embeddings, pre-norm blocks, LayerNorm, [CLS] output.
 
@@ -195,7 +149,7 @@ class TransformerEncoder(nn.Module):
             Block(embed_dim, num_heads, mlp_ratio, drop_rate) for _ in range(depth)
         )
         self.norm = nn.LayerNorm(embed_dim)
-        self.apply(_init_weights)
+        self.apply(init_weights)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
     def forward(self, tokens, lengths):  # (B, T), (B,) -> (B, D)
@@ -211,21 +165,6 @@ class TransformerEncoder(nn.Module):
         for block in self.blocks:
             x = block(x, mask)
         return self.norm(x)[:, 0]  # (B, D): the [CLS] token's output
-
-
-def _init_weights(m: nn.Module):
-    # BERT's: N(0, 0.02) Linear and embedding weights keep the initial residual branches small.
-    if isinstance(m, nn.Linear):
-        nn.init.trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.Embedding):
-        nn.init.trunc_normal_(m.weight, std=0.02)
-        if m.padding_idx is not None:
-            nn.init.zeros_(m.weight[m.padding_idx])
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
 
 
 class SentimentNet(nn.Module):

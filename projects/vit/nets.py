@@ -13,6 +13,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.pretrained import build_pretrained
+from common.transformer import Attention, Block, drop_path, init_weights
+
+# Attention, Block and drop_path live in common.transformer (the text projects use them too).
+__all__ = [
+    "Attention",
+    "Block",
+    "PatchEmbed",
+    "Resized",
+    "VisionTransformer",
+    "drop_path",
+    "torchvision_vit_b16",
+]
 
 
 class PatchEmbed(nn.Module):
@@ -46,81 +58,6 @@ class PatchEmbed(nn.Module):
                 f"{self.image_size}x{self.image_size} with patch {self.patch_size}"
             )
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, D, H/p, W/p) -> (B, N, D)
-
-
-class Attention(nn.Module):
-    """Multi-head self-attention: one Linear makes q, k and v for all heads at once."""
-
-    def __init__(self, dim: int, num_heads: int, attn_drop: float = 0.0, proj_drop: float = 0.0):
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
-        self.attn_drop = attn_drop
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
-
-    def forward(self, x):
-        B, N, D = x.shape
-        # (B, N, 3D) -> (3, B, heads, N, D/heads)
-        qkv = self.qkv(x).view(B, N, 3, self.num_heads, D // self.num_heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        # softmax(q k^T / sqrt(d)) v; on a GPU this runs the flash or memory-efficient kernel,
-        # which never materialises the (N, N) attention matrix.
-        x = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.attn_drop if self.training else 0.0
-        )  # (B, heads, N, D/heads)
-        x = x.transpose(1, 2).reshape(B, N, D)  # concatenate the heads
-        return self.proj_drop(self.proj(x))
-
-
-def drop_path(x, p: float, training: bool):
-    """Stochastic depth (Huang et al. 2016): drop the whole residual branch for some samples.
-
-    Each sample keeps the branch with probability 1 - p, scaled by 1 / (1 - p) so that its
-    expectation is unchanged; p = 1 always drops it. The identity in eval mode.
-    """
-    if p == 0.0 or not training:
-        return x
-    keep = 1.0 - p
-    mask = x.new_empty(x.shape[0], *(1,) * (x.ndim - 1)).bernoulli_(keep)  # (B, 1, 1)
-    return x * mask.div_(keep) if keep > 0 else x * mask
-
-
-class Block(nn.Module):
-    """A pre-norm transformer block: x + attn(LN(x)), then x + mlp(LN(x)).
-
-    Pre-norm keeps the residual stream an identity path from input to output, which is what
-    makes deep ViTs trainable without warmup tricks.
-    """
-
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        mlp_ratio: float = 4.0,
-        drop_rate: float = 0.0,
-        attn_drop_rate: float = 0.0,
-        drop_path_rate: float = 0.0,
-    ):
-        super().__init__()
-        hidden = int(dim * mlp_ratio)
-        self.drop_path = drop_path_rate
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, num_heads, attn_drop_rate, drop_rate)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(
-            nn.Linear(dim, hidden),
-            nn.GELU(),
-            nn.Dropout(drop_rate),
-            nn.Linear(hidden, dim),
-            nn.Dropout(drop_rate),
-        )
-
-    def forward(self, x):  # (B, N, D) -> (B, N, D)
-        x = x + drop_path(self.attn(self.norm1(x)), self.drop_path, self.training)
-        return x + drop_path(self.mlp(self.norm2(x)), self.drop_path, self.training)
 
 
 class VisionTransformer(nn.Module):
@@ -172,7 +109,7 @@ class VisionTransformer(nn.Module):
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         if self.cls_token is not None:
             nn.init.trunc_normal_(self.cls_token, std=0.02)
-        self.apply(_init_weights)
+        self.apply(init_weights)
 
     def forward_features(self, x):  # (B, C, H, W) -> (B, D)
         x = self.patch_embed(x)  # (B, N, D)
@@ -183,18 +120,6 @@ class VisionTransformer(nn.Module):
 
     def forward(self, x):  # (B, C, H, W) -> (B, num_classes)
         return self.head(self.forward_features(x))
-
-
-def _init_weights(m: nn.Module):
-    # timm's default: small truncated-normal Linear weights keep the initial residual branches
-    # small; the patch-embedding conv keeps PyTorch's default init, as in timm.
-    if isinstance(m, nn.Linear):
-        nn.init.trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
 
 
 class Resized(nn.Module):
