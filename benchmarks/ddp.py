@@ -23,7 +23,7 @@ import torch
 from hydra.utils import instantiate
 
 from benchmarks.stack import StepTimer, bench_config, run_worker
-from common.instantiate import instantiate_callbacks, instantiate_trainer
+from common.instantiate import instantiate_callbacks, instantiate_model, instantiate_trainer
 
 
 def worker(processes: int, args) -> None:
@@ -44,7 +44,7 @@ def worker(processes: int, args) -> None:
     L.seed_everything(cfg.seed, verbose=False)
     timer = StepTimer(args.warmup)
     trainer = instantiate_trainer(cfg, callbacks=[*instantiate_callbacks(cfg), timer], logger=False)
-    trainer.fit(instantiate(cfg.model), datamodule=instantiate(cfg.data))
+    trainer.fit(instantiate_model(cfg.model), datamodule=instantiate(cfg.data))
     if trainer.is_global_zero:
         print("RESULT " + json.dumps({"wall": timer.end[0] - timer.start[0]}), flush=True)
 

@@ -23,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
-from common.instantiate import instantiate_callbacks, instantiate_loggers
+from common.instantiate import instantiate_callbacks, instantiate_loggers, instantiate_model
 from common.resolvers import REPO_ROOT, register_resolvers
 
 
@@ -85,7 +85,7 @@ def run_lightning(cfg, warmup: int) -> tuple[float, float, float]:
     t0 = time.perf_counter()
     L.seed_everything(cfg.seed, verbose=False)
     datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model)
+    model = instantiate_model(cfg.model)
     timer = StepTimer(warmup)
     trainer = instantiate(
         cfg.trainer, callbacks=[*instantiate_callbacks(cfg), timer], logger=instantiate_loggers(cfg)
@@ -101,7 +101,9 @@ def run_plain(cfg, warmup: int) -> tuple[float, float, float]:
     t0 = time.perf_counter()
     L.seed_everything(cfg.seed, verbose=False)
     datamodule = instantiate(cfg.data)
-    net = instantiate(cfg.model).net  # identical initial weights: same seed, same construction
+    net = instantiate_model(
+        cfg.model
+    ).net  # identical initial weights: same seed, same construction
     datamodule.setup("fit")
     loader = datamodule.train_dataloader()
     optimizer = instantiate(cfg.model.optimizer)(params=net.parameters())

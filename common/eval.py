@@ -13,6 +13,7 @@ from common.errors import UserError, exit_on_user_error
 from common.instantiate import (
     instantiate_callbacks,
     instantiate_loggers,
+    instantiate_model,
     instantiate_trainer,
     print_config_tree,
 )
@@ -31,7 +32,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     save_run_files(cfg, cfg.paths.output_dir)
 
     datamodule = instantiate(cfg.data)
-    model = instantiate(model_cfg)
+    model = instantiate_model(model_cfg)
     trainer = instantiate_trainer(
         cfg, callbacks=instantiate_callbacks(cfg), logger=instantiate_loggers(cfg)
     )

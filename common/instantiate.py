@@ -30,6 +30,16 @@ def instantiate_callbacks(cfg: DictConfig) -> list[Callback]:
     return instantiate_all(cfg.get("callbacks"))
 
 
+def instantiate_model(node: DictConfig) -> L.LightningModule:
+    """The LightningModule of a `model` config, its arguments plain Python lists and dicts.
+
+    Modules save their constructor arguments in checkpoints (`save_hyperparameters`); an
+    OmegaConf list there (class names, say) would make the checkpoint unloadable with torch's
+    `weights_only=True`, so no OmegaConf container reaches a module.
+    """
+    return instantiate(node, _convert_="all")
+
+
 def instantiate_loggers(cfg: DictConfig) -> list[Logger]:
     return instantiate_all(cfg.get("logger"))
 

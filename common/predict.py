@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from common.errors import UserError, exit_on_user_error
+from common.instantiate import instantiate_model
 from common.resolvers import register_resolvers
 from common.runs import load_checkpoint, resolve_ckpt_path, saved_config
 
@@ -34,7 +35,7 @@ def predict(cfg: DictConfig) -> str:
         raise UserError(f"input={file}: no such file")
     checkpoint = load_checkpoint(ckpt_path)
     saved = saved_config(cfg, checkpoint, ckpt_path)
-    model = instantiate(saved.model)
+    model = instantiate_model(saved.model)
     hook = "predict_text" if text is not None else "predict_file"
     if not hasattr(model, hook):
         what = "text" if text is not None else "input"

@@ -17,6 +17,7 @@ from common.errors import UserError, exit_on_user_error
 from common.instantiate import (
     instantiate_callbacks,
     instantiate_loggers,
+    instantiate_model,
     instantiate_trainer,
     print_config_tree,
 )
@@ -63,7 +64,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         load_checkpoint(ckpt_path)  # a missing or corrupt file: one message, before any work
 
     datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model)
+    model = instantiate_model(cfg.model)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     callbacks = [*instantiate_callbacks(cfg), ConfigInCheckpoint(resolved)]
     loggers = instantiate_loggers(cfg)

@@ -41,9 +41,7 @@ class DetectionModel(TemplateModule):
         log_images: int = 8,
     ):
         super().__init__(optimizer, scheduler)
-        # class_names arrives as an OmegaConf list, which weights_only loading refuses; the
-        # checkpoint's stored config holds the names anyway.
-        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler", "class_names"])
+        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
         self.net = net
         self.num_classes = num_classes
         self.class_names = list(class_names or [str(i) for i in range(num_classes)])

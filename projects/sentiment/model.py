@@ -23,11 +23,8 @@ class SentimentClassifier(Classifier):
         label_smoothing: float = 0.0,
         class_names: list[str] | None = None,
     ):
-        # Plain strings before the hyperparameters are saved (from this frame's locals): an
-        # OmegaConf list in a checkpoint would not load with weights_only.
-        class_names = [str(c) for c in (class_names or range(num_classes))]
         super().__init__(net, num_classes, optimizer, scheduler, label_smoothing)
-        self.class_names = class_names
+        self.class_names = [str(c) for c in (class_names or range(num_classes))]
         self.val_f1 = MulticlassF1Score(num_classes, average="macro")
         self.test_f1 = MulticlassF1Score(num_classes, average="macro")
         self.tokenizer_json: str | None = None
