@@ -25,25 +25,16 @@ def confusion_matrix_figure(matrix: torch.Tensor, class_names: list[str] | None 
     return fig
 
 
-def log_figure(module, tag: str, fig: Figure) -> None:
-    """Send a figure to every attached logger that shows images (TensorBoard, W&B), rank 0 only."""
+def log_figure(module, tag: str, picture: Figure | torch.Tensor) -> None:
+    """Send a matplotlib figure, or a uint8 image (3, H, W), to every attached logger that shows
+    images (TensorBoard, W&B), rank 0 only."""
     if module.trainer.global_rank != 0:
         return
+    is_figure = isinstance(picture, Figure)
     for logger in module.loggers:
         if isinstance(logger, TensorBoardLogger):
-            logger.experiment.add_figure(tag, fig, global_step=module.global_step)
+            add = logger.experiment.add_figure if is_figure else logger.experiment.add_image
+            add(tag, picture, global_step=module.global_step)
         elif isinstance(logger, WandbLogger):
-            logger.log_image(key=tag, images=[fig], step=module.global_step)
-
-
-def log_image(module, tag: str, image: torch.Tensor) -> None:
-    """Send a uint8 image (3, H, W) to every attached logger that shows images, rank 0 only."""
-    if module.trainer.global_rank != 0:
-        return
-    for logger in module.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            logger.experiment.add_image(tag, image, global_step=module.global_step)
-        elif isinstance(logger, WandbLogger):
-            logger.log_image(
-                key=tag, images=[image.permute(1, 2, 0).cpu().numpy()], step=module.global_step
-            )
+            image = picture if is_figure else picture.permute(1, 2, 0).cpu().numpy()  # (H, W, 3)
+            logger.log_image(key=tag, images=[image], step=module.global_step)

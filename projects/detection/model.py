@@ -11,7 +11,7 @@ from torchmetrics.detection import MeanAveragePrecision
 from torchvision.utils import draw_bounding_boxes, make_grid
 
 from common.errors import UserError
-from common.figures import log_image
+from common.figures import log_figure
 from common.module import TemplateModule
 from projects.detection.boxes import detection_loss, postprocess
 
@@ -105,7 +105,7 @@ class DetectionModel(TemplateModule):
     def on_validation_epoch_end(self):
         self._log_map("val")
         if self._shown is not None and not self.trainer.sanity_checking:
-            log_image(self, "val/predictions", self.draw_grid(*self._shown))
+            log_figure(self, "val/predictions", self.draw_grid(*self._shown))
         self._shown = None
 
     def on_test_epoch_end(self):
