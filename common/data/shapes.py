@@ -190,13 +190,6 @@ class DetectionDataModule(DataModule):
         self.flip = flip
         self._affine_cache: tuple = (None, None)
 
-    def setup(self, stage: str | None = None) -> None:
-        super().setup(stage)
-        if self.loader == "device":  # the device loader fancy-indexes tensors: no Subsets
-            self.train_set, self.val_set, self.test_set = (
-                as_detection(s) for s in (self.train_set, self.val_set, self.test_set)
-            )
-
     def resident(self, dataset: Dataset) -> Dataset | None:
         dataset = as_detection(dataset)
         return dataset if isinstance(dataset, DetectionDataset) else None
