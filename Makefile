@@ -22,7 +22,7 @@ export MALLOC_TRIM_THRESHOLD_ ?= 17179869184
 export MALLOC_TOP_PAD_ ?= 268435456
 
 .DEFAULT_GOAL := help
-.PHONY: help install train eval predict test test-all bench bench-ddp lint format list tensorboard clean
+.PHONY: help install train eval predict sample test test-all bench bench-ddp lint format list tensorboard clean
 
 help: ## Show this help
 	@echo "Usage: make <target> [PROJECT=<name>] [key=value ...] [ARGS='<other hydra args>'] [DRY=1]"
@@ -52,6 +52,9 @@ eval: $(PY) ## Test a checkpoint: make eval PROJECT=<name> ckpt_path=<file|last>
 
 predict: $(PY) ## Predict on a file: make predict PROJECT=<name> ckpt_path=<file|last> input=<file>
 	@$(PY) -m common.launcher predict
+
+sample: $(PY) ## Draw images from a generative model: make sample PROJECT=gan|vae ckpt_path=<file|last> n=64
+	@$(PY) -m common.launcher sample
 
 test: $(PY) ## The suite CI runs (minutes on 2 CPU cores)
 	$(PY) -m pytest -m "not slow" $(ARGS)

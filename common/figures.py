@@ -1,8 +1,13 @@
 """Figures for loggers: built with matplotlib's object API (no pyplot state, no GUI backend)."""
 
+import math
+from pathlib import Path
+
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from matplotlib.figure import Figure
+from torchvision.io import write_png
+from torchvision.utils import make_grid
 
 
 def confusion_matrix_figure(matrix: torch.Tensor, class_names: list[str] | None = None) -> Figure:
@@ -38,3 +43,31 @@ def log_figure(module, tag: str, picture: Figure | torch.Tensor) -> None:
         elif isinstance(logger, WandbLogger):
             image = picture if is_figure else picture.permute(1, 2, 0).cpu().numpy()  # (H, W, 3)
             logger.log_image(key=tag, images=[image], step=module.global_step)
+
+
+def image_grid(images: torch.Tensor, nrow: int | None = None) -> torch.Tensor:
+    """Images with values in [0, 1], (N, C, H, W) with C = 1 or 3, -> one uint8 picture
+    (3, H', W'): `nrow` images per row (default: as square as N allows), 2-pixel white gaps."""
+    nrow = nrow or math.ceil(math.sqrt(len(images)))
+    images = images.detach().float().clamp(0, 1).cpu()
+    grid = make_grid(images, nrow=nrow, padding=2, pad_value=1.0)  # grey becomes 3 channels
+    return (grid * 255).round().to(torch.uint8)
+
+
+def save_png(picture: torch.Tensor, path: Path) -> Path:
+    """Write a uint8 picture (3, H, W) as a PNG file (folders made as needed); return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_png(picture.cpu(), str(path))
+    return path
+
+
+def log_image_grid(module, tag: str, images: torch.Tensor, nrow: int | None = None) -> None:
+    """Log images in [0, 1] (N, C, H, W) as one grid (`log_figure`), and keep it as
+    `<run dir>/images/<tag>_epoch<NNN>.png` too, to look at without TensorBoard."""
+    if module.trainer.global_rank != 0 or module.trainer.sanity_checking:
+        return
+    picture = image_grid(images, nrow)
+    log_figure(module, tag, picture)
+    name = f"{tag.replace('/', '_')}_epoch{module.current_epoch:03d}.png"
+    save_png(picture, Path(module.trainer.default_root_dir) / "images" / name)

@@ -15,7 +15,12 @@ import sys
 from pathlib import Path
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-ENTRY_POINTS = {"train": "common.train", "eval": "common.eval", "predict": "common.predict"}
+ENTRY_POINTS = {
+    "train": "common.train",
+    "eval": "common.eval",
+    "predict": "common.predict",
+    "sample": "common.sample",
+}
 
 
 def projects() -> dict[str, str]:

@@ -51,6 +51,9 @@ def cutout(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 AUTO_AUGMENT = ("randaugment", "autoaugment")
+# data.normalize -> the (mean, std) that pixel values in [0, 1] are shifted and divided by;
+# None: the dataset's own per-channel statistics.
+NORMALIZE = {"standard": None, "symmetric": ((0.5,), (0.5,)), "unit": ((0.0,), (1.0,))}
 
 
 def auto_augment(images: torch.Tensor, policy: str, groups: int) -> torch.Tensor:
@@ -80,6 +83,9 @@ class ImageDataModule(DataModule):
     ("randaugment" | "autoaugment", on uint8), `flip`, `crop_padding` (random translation, with
     `padding_mode` "constant" or "reflect"), then `cutout` (square size, 0 = off). Subclasses
     name their files and read them; `synthetic=True` needs neither.
+
+    `normalize` sets the value range: "standard" (per-channel mean 0, std 1: classifiers),
+    "symmetric" ([-1, 1]: a tanh generator's range) or "unit" ([0, 1]: Bernoulli decoders).
     """
 
     name = "images"
@@ -103,6 +109,7 @@ class ImageDataModule(DataModule):
         cutout: int = 0,
         auto_augment: str | None = None,
         auto_augment_groups: int = 16,
+        normalize: str = "standard",
         **kwargs,
     ):
         super().__init__(data_dir, **kwargs)
@@ -123,6 +130,9 @@ class ImageDataModule(DataModule):
                 f"data.auto_augment={auto_augment!r} is not null or one of "
                 + ", ".join(AUTO_AUGMENT)
             )
+        if normalize not in NORMALIZE:
+            raise UserError(f"data.normalize={normalize!r} is not one of " + ", ".join(NORMALIZE))
+        self.normalize = normalize
         self.flip, self.crop_padding, self.padding_mode = flip, crop_padding, padding_mode
         self.cutout, self.auto_augment, self.auto_augment_groups = (
             cutout,
@@ -181,10 +191,11 @@ class ImageDataModule(DataModule):
         Made once per device (and again if `mean`/`std` change, as digits' do on reading), not
         per batch: a fresh host tensor each step would be a copy to the GPU in the hot loop.
         """
-        key = (channels, str(device), self.mean, self.std)
+        mean, std = NORMALIZE[self.normalize] or (self.mean, self.std)
+        key = (channels, str(device), mean, std)
         if self._affine_cache[0] != key:
-            mean = torch.tensor(self.mean, device=device).expand(channels).view(1, -1, 1, 1)
-            std = torch.tensor(self.std, device=device).expand(channels).view(1, -1, 1, 1)
+            mean = torch.tensor(mean, device=device).expand(channels).view(1, -1, 1, 1)
+            std = torch.tensor(std, device=device).expand(channels).view(1, -1, 1, 1)
             self._affine_cache = (key, (1 / (255 * std), -mean / std))
         return self._affine_cache[1]
 

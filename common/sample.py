@@ -1,0 +1,49 @@
+"""Draw new images from a trained generative model: `make sample PROJECT=gan ckpt_path=... n=64`.
+
+The model is rebuilt from the config stored in the checkpoint and loaded with torch's safe
+`weights_only` loader, as in `make predict`. A project opts in with a module method
+`sample_images(n, seed) -> (n, C, H, W)` floats in [0, 1]; the images are written as one PNG
+grid, and its path printed.
+"""
+
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from common.errors import UserError, exit_on_user_error
+from common.figures import image_grid, save_png
+from common.predict import checkpoint_path, load_trained
+from common.resolvers import register_resolvers
+
+
+def sample(cfg: DictConfig) -> Path:
+    """Write `cfg.n` samples of the checkpoint `cfg.ckpt_path` as a PNG grid; return its path."""
+    n = cfg.n
+    if not isinstance(n, int) or n < 1:
+        raise UserError(f"n={n} must be a positive whole number of images")
+    ckpt_path = Path(checkpoint_path(cfg))
+    model, _ = load_trained(cfg, str(ckpt_path), "sample_images", "sample images")
+    with torch.inference_mode():
+        images = model.sample_images(n, seed=cfg.seed)  # (n, C, H, W) in [0, 1]
+    if cfg.get("output"):
+        path = Path(str(cfg.output)).expanduser()
+    else:  # beside the checkpoint: logs/<project>/<run>/checkpoints/last_samples_n64_seed42.png
+        path = ckpt_path.with_name(f"{ckpt_path.stem}_samples_n{n}_seed{cfg.seed}.png")
+    if path.suffix.lower() != ".png":
+        raise UserError(f"output={path} must end in .png")
+    save_png(image_grid(images, cfg.get("nrow")), path)
+    print(path)
+    return path
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="sample")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    sample(cfg)
+
+
+if __name__ == "__main__":
+    register_resolvers()
+    main()

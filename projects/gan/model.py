@@ -1,0 +1,191 @@
+"""DCGAN with Lightning's manual optimization: one discriminator step, then one generator step,
+per batch, each with its own optimizer."""
+
+from collections.abc import Callable
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MeanMetric
+
+from common.errors import UserError
+from common.figures import log_image_grid
+
+INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's FID network
+
+
+def build_fid(weights: str | None):
+    """torchmetrics' FrechetInceptionDistance (2048 InceptionV3 pool features, uint8 images).
+
+    Its weights come from torch-fidelity's GitHub release into torch's hub cache, or from the
+    file `weights`; a machine with no network and no copy gets one readable error.
+    """
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    try:
+        if weights is not None:
+            # torch-fidelity loads the file with weights_only=False: check first that it is
+            # nothing but tensors.
+            torch.load(weights, map_location="cpu", weights_only=True)
+        return FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=weights)
+    except Exception as err:  # URLError, OSError, UnpicklingError, RuntimeError...
+        cache = Path(torch.hub.get_dir()) / "checkpoints"
+        reason = " ".join(str(err).split())[:300] or type(err).__name__
+        where = weights or f"the download to {cache / INCEPTION_FILE}"
+        raise UserError(
+            f"model.fid=true needs torch-fidelity's InceptionV3 weights, and {where} failed: "
+            f"{reason}. Offline, copy {INCEPTION_FILE} (from github.com/toshas/torch-fidelity "
+            f"releases, v0.2.0) into {cache}, or set model.fid_weights=<file>; or train with "
+            "model.fid=false"
+        ) from err
+
+
+def to_uint8_rgb(images: torch.Tensor) -> torch.Tensor:
+    """Generator-range images in [-1, 1], (B, C, H, W), -> uint8 (B, 3, H, W), as FID wants."""
+    images = ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+
+
+class GAN(L.LightningModule):
+    """The adversarial game of a `Generator` G and a `Discriminator` D on images in [-1, 1].
+
+    Per batch of real images x and noise z: D's step lowers BCE(D(x), real) + BCE(D(G(z)),
+    fake); G's step lowers BCE(D(G(z)), real), the non-saturating loss -log D(G(z)) (whose
+    gradient stays large while D still wins easily, unlike log(1 - D(G(z)))).
+
+    Logs `train/loss_d`, `train/loss_g`, and D's mean probabilities `train/d_real` = D(x) and
+    `train/d_fake` = D(G(z)) (before D's step); the same on held-out images and fresh noise for
+    `val/` and `test/`, and `val/fid`, `test/fid` with `fid=True`. After each validation,
+    `val/samples`: G's images from the same fixed noise, so the grids show G learning.
+    """
+
+    def __init__(
+        self,
+        generator: nn.Module,
+        discriminator: nn.Module,
+        optimizer_g: Callable,
+        optimizer_d: Callable,
+        grid_size: int = 64,
+        fid: bool = False,
+        fid_weights: str | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters(
+            ignore=["generator", "discriminator", "optimizer_g", "optimizer_d"]
+        )
+        # Two optimizers, stepped by training_step itself rather than by Lightning's loop.
+        self.automatic_optimization = False
+        self.generator, self.discriminator = generator, discriminator
+        self.optimizer_g, self.optimizer_d = optimizer_g, optimizer_d
+        self.latent_dim = generator.latent_dim
+        seeded = torch.Generator().manual_seed(0)
+        # A buffer: saved in checkpoints, so a resumed run keeps drawing the same grid.
+        self.register_buffer(
+            "fixed_noise", torch.randn(grid_size, self.latent_dim, generator=seeded)
+        )
+        names = ("loss_d", "loss_g", "d_real", "d_fake")
+        self.metrics = nn.ModuleDict(
+            {f"{stage}_{name}": MeanMetric() for stage in ("val", "test") for name in names}
+        )
+        # Kept out of the module tree: as a submodule, InceptionV3's 24M weights would go into
+        # every checkpoint, and a model built without FID could not load them.
+        self.fid_weights = fid_weights
+        self.__dict__["fid"] = None
+        self.use_fid = fid
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.generator(z)
+
+    def configure_optimizers(self):
+        opt_g = self.optimizer_g(params=self.generator.parameters())
+        opt_d = self.optimizer_d(params=self.discriminator.parameters())
+        return opt_g, opt_d
+
+    def noise(self, n: int, seed: int | None = None) -> torch.Tensor:
+        """z (n, latent_dim) ~ N(0, I), seeded when `seed` is given."""
+        gen = None if seed is None else torch.Generator(self.device).manual_seed(seed)
+        return torch.randn(n, self.latent_dim, generator=gen, device=self.device)
+
+    @staticmethod
+    def bce(logits: torch.Tensor, real: bool) -> torch.Tensor:
+        target = torch.ones_like(logits) if real else torch.zeros_like(logits)
+        return F.binary_cross_entropy_with_logits(logits, target)
+
+    def training_step(self, batch, batch_idx):
+        real, _ = batch  # (B, C, H, W) in [-1, 1]; labels unused
+        opt_g, opt_d = self.optimizers()
+        fake = self.generator(self.noise(len(real)))  # (B, C, H, W), with G's graph for step 2
+
+        # 1. D learns to tell real from fake. toggle_optimizer sets requires_grad=False on every
+        # parameter outside opt_d (G's), and fake is detached: no gradient reaches G.
+        self.toggle_optimizer(opt_d)
+        real_logits = self.discriminator(real)
+        fake_logits = self.discriminator(fake.detach())
+        loss_d = self.bce(real_logits, True) + self.bce(fake_logits, False)
+        opt_d.zero_grad(set_to_none=True)
+        self.manual_backward(loss_d)
+        opt_d.step()
+        self.untoggle_optimizer(opt_d)
+
+        # 2. G learns to fool the updated D. Now D's parameters are frozen: the gradient flows
+        # through D into G without touching D's own .grad.
+        self.toggle_optimizer(opt_g)
+        loss_g = self.bce(self.discriminator(fake), True)
+        opt_g.zero_grad(set_to_none=True)
+        self.manual_backward(loss_g)
+        opt_g.step()
+        self.untoggle_optimizer(opt_g)
+
+        self.log("train/loss_d", loss_d, prog_bar=True)
+        self.log("train/loss_g", loss_g, prog_bar=True)
+        self.log("train/d_real", real_logits.detach().sigmoid().mean())
+        self.log("train/d_fake", fake_logits.detach().sigmoid().mean())
+
+    def setup(self, stage: str) -> None:
+        if self.use_fid and self.fid is None:
+            self.__dict__["fid"] = build_fid(self.fid_weights)
+
+    def evaluate(self, batch, batch_idx: int, stage: str) -> None:
+        real, _ = batch
+        # Seeded noise per batch (and process): the same fakes every validation.
+        seed = batch_idx * self.trainer.world_size + self.global_rank
+        fake = self.generator(self.noise(len(real), seed))
+        real_logits, fake_logits = self.discriminator(real), self.discriminator(fake)
+        values = {
+            "loss_d": self.bce(real_logits, True) + self.bce(fake_logits, False),
+            "loss_g": self.bce(fake_logits, True),
+            "d_real": real_logits.sigmoid().mean(),
+            "d_fake": fake_logits.sigmoid().mean(),
+        }
+        for name, value in values.items():
+            metric = self.metrics[f"{stage}_{name}"]
+            metric.update(value, weight=len(real))
+            self.log(f"{stage}/{name}", metric, prog_bar=name == "d_real" and stage == "val")
+        if self.fid is not None:
+            self.fid.to(self.device)
+            self.fid.update(to_uint8_rgb(real), real=True)
+            self.fid.update(to_uint8_rgb(fake), real=False)
+
+    def validation_step(self, batch, batch_idx):
+        self.evaluate(batch, batch_idx, "val")
+
+    def test_step(self, batch, batch_idx):
+        self.evaluate(batch, batch_idx, "test")
+
+    def log_fid(self, stage: str) -> None:
+        if self.fid is not None:
+            self.log(f"{stage}/fid", self.fid.compute())  # synced over processes
+            self.fid.reset()
+
+    def on_validation_epoch_end(self):
+        self.log_fid("val")
+        log_image_grid(self, "val/samples", (self.generator(self.fixed_noise) + 1) / 2)
+
+    def on_test_epoch_end(self):
+        self.log_fid("test")
+
+    def sample_images(self, n: int, seed: int = 0) -> torch.Tensor:
+        """n images from N(0, I) noise, values in [0, 1], (n, C, H, W) (`make sample`)."""
+        return (self.generator(self.noise(n, seed)) + 1) / 2
