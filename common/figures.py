@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from matplotlib.figure import Figure
-from torchvision.io import write_png
+from PIL import Image
 from torchvision.utils import make_grid
 
 
@@ -58,7 +58,7 @@ def save_png(picture: torch.Tensor, path: Path) -> Path:
     """Write a uint8 picture (3, H, W) as a PNG file (folders made as needed); return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_png(picture.cpu(), str(path))
+    Image.fromarray(picture.permute(1, 2, 0).cpu().numpy()).save(path)  # (H, W, 3)
     return path
 
 

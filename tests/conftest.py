@@ -16,6 +16,17 @@ CONFIGS = ROOT / "configs"
 PROJECTS = sorted(p.stem for p in (CONFIGS / "project").glob("*.yaml"))
 
 
+# Overrides for a run that trains, validates and tests on a batch or two: one epoch of two
+# training batches, one validation and one test batch, no sanity check.
+FEW_STEPS = [
+    "trainer.max_epochs=1",
+    "+trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+    "+trainer.num_sanity_val_steps=0",
+]
+
+
 def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
 

@@ -9,14 +9,10 @@ from PIL import Image
 from common.errors import UserError
 from common.predict import predict
 from common.train import train
-from tests.conftest import make_config
+from tests.conftest import FEW_STEPS, make_config
 
 SHORT = [
-    "trainer.max_epochs=1",
-    "+trainer.limit_train_batches=2",
-    "trainer.limit_val_batches=1",
-    "trainer.limit_test_batches=1",
-    "+trainer.num_sanity_val_steps=0",
+    *FEW_STEPS,
     "data.synthetic_size=[300,40]",
     "data.val_size=40",
 ]

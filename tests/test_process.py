@@ -74,6 +74,13 @@ def test_make_predict_and_config_group_words_reach_hydra(tmp_path):
     assert argv == ["python", "-m", "common.predict", "project=detection", *words]
 
 
+def test_make_sample_reaches_its_entry_point(tmp_path):
+    result = make(tmp_path, "sample", "PROJECT=vae", "DRY=1", "ckpt_path=last", "n=16")
+    assert result.returncode == 0, result.stderr
+    argv = shlex.split(result.stdout.strip())
+    assert argv == ["python", "-m", "common.sample", "project=vae", "ckpt_path=last", "n=16"]
+
+
 def test_makeflags_parser_undoes_makes_escaping():
     flags = r"s -- b=$$x c=a\ b\\c a.b=1 PROJECT=vit"
     assert makeflags_overrides(flags) == ["PROJECT=vit", "a.b=1", "c=a b\\c", "b=$x"]

@@ -7,6 +7,7 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.strategies import DDPStrategy
 from torch import nn
 from torchmetrics import MeanMetric
 
@@ -144,6 +145,11 @@ class GAN(L.LightningModule):
         self.log("train/d_fake", fake_logits.detach().sigmoid().mean())
 
     def setup(self, stage: str) -> None:
+        strategy = self.trainer.strategy if self._trainer is not None else None
+        if isinstance(strategy, DDPStrategy):
+            # Each backward trains one net and gives the other's parameters no gradient, which
+            # DDP (wrapping the module right after this hook) must be told to expect.
+            strategy._ddp_kwargs["find_unused_parameters"] = True
         if self.use_fid and self.fid is None:
             self.__dict__["fid"] = build_fid(self.fid_weights)
 

@@ -46,18 +46,22 @@ def up_stack(in_features: int, out_chans: int, image_size: int, width: int) -> n
     return nn.Sequential(*layers)
 
 
-def down_stack(in_chans: int, image_size: int, width: int) -> tuple[nn.Sequential, int, int]:
+def down_stack(
+    in_chans: int, image_size: int, width: int, running_stats: bool = True
+) -> tuple[nn.Sequential, int, int]:
     """(B, in_chans, image_size, image_size) -> (B, c, s, s); returns (stack, c, s).
 
     The mirror of `up_stack`: for 32x32, (B, C, 32, 32) -> (B, w, 16, 16) -> (B, 2w, 8, 8) ->
     (B, 4w, 4, 4). The first layer has no BatchNorm (DCGAN: it destabilized training there).
+    `running_stats=False`: BatchNorm always normalizes with the batch's own statistics.
     """
     s, k = size_plan(image_size)
     chans = [width * 2**i for i in range(k)]
     layers = [nn.Conv2d(in_chans, chans[0], 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
     for cin, cout in pairwise(chans):
         layers += [nn.Conv2d(cin, cout, 4, 2, 1, bias=False)]  # halves H and W
-        layers += [nn.BatchNorm2d(cout), nn.LeakyReLU(0.2, inplace=True)]
+        layers += [nn.BatchNorm2d(cout, track_running_stats=running_stats)]
+        layers += [nn.LeakyReLU(0.2, inplace=True)]
     return nn.Sequential(*layers), chans[-1], s
 
 
@@ -94,11 +98,17 @@ class Generator(nn.Module):
 
 class Discriminator(nn.Module):
     """Images (B, C, H, W) -> logits (B,): > 0 means "real". The sigmoid lives in the loss
-    (`binary_cross_entropy_with_logits`), which is the numerically stable form."""
+    (`binary_cross_entropy_with_logits`), which is the numerically stable form.
+
+    Its BatchNorm keeps no running statistics: D judges all-real and all-fake batches in
+    training, so running averages would mix the two (two fake batches per real one), and D in
+    eval mode would judge held-out images by statistics it never trained with. With batch
+    statistics always, validation sees D exactly as training does. D is not used after training.
+    """
 
     def __init__(self, in_chans: int = 1, image_size: int = 28, width: int = 64):
         super().__init__()
-        self.features, chans, s = down_stack(in_chans, image_size, width)
+        self.features, chans, s = down_stack(in_chans, image_size, width, running_stats=False)
         self.head = nn.Conv2d(chans, 1, s, 1, 0)  # (B, c, s, s) -> (B, 1, 1, 1): one score
         dcgan_init(self)
 
