@@ -173,6 +173,7 @@ class DetectionDataModule(DataModule):
 
     mean = IMAGENET_MEAN
     std = IMAGENET_STD
+    normalize = "standard"  # by mean and std, as `_affine` reads it
     _affine = ImageDataModule._affine  # (scale, shift) per device, cached: the same normalization
 
     def __init__(

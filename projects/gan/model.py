@@ -90,7 +90,7 @@ class GAN(L.LightningModule):
         self.metrics = nn.ModuleDict(
             {f"{stage}_{name}": MeanMetric() for stage in ("val", "test") for name in names}
         )
-        # Kept out of the module tree: as a submodule, InceptionV3's 24M weights would go into
+        # Kept out of the module tree: as a submodule, InceptionV3's ~24M weights would go into
         # every checkpoint, and a model built without FID could not load them.
         self.fid_weights = fid_weights
         self.__dict__["fid"] = None
@@ -145,11 +145,10 @@ class GAN(L.LightningModule):
         self.log("train/d_fake", fake_logits.detach().sigmoid().mean())
 
     def setup(self, stage: str) -> None:
-        strategy = self.trainer.strategy if self._trainer is not None else None
-        if isinstance(strategy, DDPStrategy):
+        if isinstance(self.trainer.strategy, DDPStrategy):
             # Each backward trains one net and gives the other's parameters no gradient, which
             # DDP (wrapping the module right after this hook) must be told to expect.
-            strategy._ddp_kwargs["find_unused_parameters"] = True
+            self.trainer.strategy._ddp_kwargs["find_unused_parameters"] = True
         if self.use_fid and self.fid is None:
             self.__dict__["fid"] = build_fid(self.fid_weights)
 
