@@ -20,20 +20,22 @@ from common.resolvers import register_resolvers
 
 def sample(cfg: DictConfig) -> Path:
     """Write `cfg.n` samples of the checkpoint `cfg.ckpt_path` as a PNG grid; return its path."""
-    n = cfg.n
+    n, nrow = cfg.n, cfg.get("nrow")
     if not isinstance(n, int) or n < 1:
         raise UserError(f"n={n} must be a positive whole number of images")
+    if nrow is not None and (not isinstance(nrow, int) or nrow < 1):
+        raise UserError(f"nrow={nrow} must be a positive whole number (or null: a square grid)")
     ckpt_path = Path(checkpoint_path(cfg))
-    model, _ = load_trained(cfg, str(ckpt_path), "sample_images", "sample images")
-    with torch.inference_mode():
-        images = model.sample_images(n, seed=cfg.seed)  # (n, C, H, W) in [0, 1]
     if cfg.get("output"):
         path = Path(str(cfg.output)).expanduser()
     else:  # beside the checkpoint: logs/<project>/<run>/checkpoints/last_samples_n64_seed42.png
         path = ckpt_path.with_name(f"{ckpt_path.stem}_samples_n{n}_seed{cfg.seed}.png")
     if path.suffix.lower() != ".png":
         raise UserError(f"output={path} must end in .png")
-    save_png(image_grid(images, cfg.get("nrow")), path)
+    model, _ = load_trained(cfg, str(ckpt_path), "sample_images", "sample images")
+    with torch.inference_mode():
+        images = model.sample_images(n, seed=cfg.seed)  # (n, C, H, W) in [0, 1]
+    save_png(image_grid(images, nrow), path)
     print(path)
     return path
 

@@ -238,8 +238,15 @@ def test_the_same_seed_draws_the_same_samples(tmp_path, trained):
 
 def test_sample_errors_are_readable(tmp_path, trained):
     project, ckpt = trained
-    with pytest.raises(UserError, match="n=0 must be a positive"):
-        sample(make_config(tmp_path, [f"project={project}", f"ckpt_path={ckpt}", "n=0"], "sample"))
+    for bad, message in [
+        ("n=0", "n=0 must be a positive"),
+        ("nrow=-2", "nrow=-2 must be a positive"),
+        ("output=grid.jpg", "must end in .png"),
+    ]:
+        with pytest.raises(UserError, match=message):
+            sample(
+                make_config(tmp_path, [f"project={project}", f"ckpt_path={ckpt}", bad], "sample")
+            )
     other = "vae" if project == "gan" else "gan"
     with pytest.raises(UserError, match=f"trained by project '{project}'"):
         sample(make_config(tmp_path, [f"project={other}", f"ckpt_path={ckpt}"], "sample"))

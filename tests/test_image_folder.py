@@ -267,6 +267,13 @@ PROBLEMS = (
 )
 
 
+def test_one_folder_of_unlabelled_images_is_enough_for_generative_projects(tmp_path):
+    root = make_folder(tmp_path / "faces", classes={"all": COLOURS["cat"]})
+    dm = ready(tmp_path, root, num_classes=1, min_classes=1)
+    images, labels = next(iter(dm.train_dataloader()))
+    assert images.shape[1:] == (3, 16, 16) and set(labels.tolist()) == {0}
+
+
 @pytest.mark.parametrize("problem", PROBLEMS)
 def test_folder_problems_are_user_errors(tmp_path, problem):
     pattern = broken_folder(tmp_path / "pics", problem)

@@ -222,6 +222,7 @@ class ImageFolderDataModule(ImageDataModule):
         num_classes: int = 10,
         in_chans: int = 3,
         image_size: int = 32,
+        min_classes: int = 2,
         **kwargs,
     ):
         kwargs.pop("download", None)  # nothing to download
@@ -235,7 +236,7 @@ class ImageFolderDataModule(ImageDataModule):
             raise UserError(f"data.in_chans={in_chans} must be 3 (RGB) or 1 (grey)")
         if image_size < 1:
             raise UserError(f"data.image_size={image_size} must be positive")
-        self.test_size = test_size
+        self.test_size, self.min_classes = test_size, min_classes
         self.root = Path(root).expanduser() if root is not None else None
         self.class_names: list[str] = []
         self._decoded: tuple[str, dict] | None = None  # prepare_data -> setup in one process
@@ -302,10 +303,12 @@ class ImageFolderDataModule(ImageDataModule):
         """(cache key, {"classes", "train": (images, labels), "test": (images, labels) | None})."""
         pool_dir, test_dir = find_layout(self.root)
         classes = class_dirs(pool_dir)
-        if len(classes) < 2:
+        if len(classes) < max(1, self.min_classes):
             found = f"only the class folder {classes[0]!r}" if classes else "no class sub-folders"
+            one = " (data.min_classes=1: one folder of unlabelled images, for gan and vae)"
             raise UserError(
-                f"{pool_dir} has {found}; expected {LAYOUT}, with at least 2 classes. Set "
+                f"{pool_dir} has {found}; expected {LAYOUT}, with at least "
+                f"{max(1, self.min_classes)} classes{one if classes else ''}. Set "
                 "data.root=/path/to/folder, or use data.synthetic=true"
             )
         if test_dir is not None and not class_dirs(test_dir):
