@@ -1,6 +1,8 @@
 """The mnist project through `make train`'s stack versus the same work in a plain PyTorch loop.
 
-Same net, initial weights, data, batch size, optimizer, schedule and number of steps. Steady-state
+Same net, initial weights, data, batch size, optimizer, schedule and number of steps.
+`--project gan` times the DCGAN instead: Lightning's manual optimization (two optimizers,
+toggle_optimizer, manual_backward) against the same two steps written by hand. Steady-state
 throughput is timed after `--warmup` steps; start-up (building the Trainer, sanity check) is
 reported apart. Every run is a fresh process, as a user's run is (a second Trainer in one process
 inherits the first one's heap and threads). Run: `make bench` or `python -m benchmarks.stack`.
@@ -26,6 +28,9 @@ from omegaconf import OmegaConf, open_dict
 from common.instantiate import instantiate_callbacks, instantiate_loggers, instantiate_model
 from common.resolvers import REPO_ROOT, register_resolvers
 
+# Lightning's global_step counts optimizer steps: the GAN takes two (D, then G) per batch.
+STEPS_PER_BATCH = {"gan": 2}
+
 
 def clocks() -> tuple[float, float]:
     """(wall seconds, CPU seconds of every thread of this process)."""
@@ -49,15 +54,16 @@ class StepTimer(L.Callback):
 def bench_config(
     out: Path, steps: int, batch_size: int, extra: list[str] = (), project: str = "mnist"
 ):
-    """A project's config on synthetic data, `steps` optimizer steps, no validation, under `out`."""
+    """A project's config on synthetic data, `steps` batches, no validation, under `out`."""
     register_resolvers()
+    per_batch = STEPS_PER_BATCH.get(project, 1)
     overrides = [
         f"project={project}",
         "data.synthetic=true",
         "data.val_size=0.01",
         f"data.synthetic_size=[{(steps + 10) * batch_size * 10 // 9},100]",
         f"data.batch_size={batch_size}",
-        f"trainer.max_steps={steps}",
+        f"trainer.max_steps={steps * per_batch}",
         "trainer.max_epochs=-1",
         "trainer.limit_val_batches=0",
         "trainer.accelerator=cpu",
@@ -86,7 +92,7 @@ def run_lightning(cfg, warmup: int) -> tuple[float, float, float]:
     L.seed_everything(cfg.seed, verbose=False)
     datamodule = instantiate(cfg.data)
     model = instantiate_model(cfg.model)
-    timer = StepTimer(warmup)
+    timer = StepTimer(warmup * STEPS_PER_BATCH.get(cfg.name, 1))
     trainer = instantiate(
         cfg.trainer, callbacks=[*instantiate_callbacks(cfg), timer], logger=instantiate_loggers(cfg)
     )
@@ -101,29 +107,18 @@ def run_plain(cfg, warmup: int) -> tuple[float, float, float]:
     t0 = time.perf_counter()
     L.seed_everything(cfg.seed, verbose=False)
     datamodule = instantiate(cfg.data)
-    net = instantiate_model(
-        cfg.model
-    ).net  # identical initial weights: same seed, same construction
+    # Identical initial weights: same seed, same construction.
+    model = instantiate_model(cfg.model)
     datamodule.setup("fit")
     loader = datamodule.train_dataloader()
-    optimizer = instantiate(cfg.model.optimizer)(params=net.parameters())
-    steps = cfg.trainer.max_steps
-    peak = cfg.model.optimizer.lr  # OneCycleLR's max_lr, which TemplateModule passes per group
-    scheduler = instantiate(cfg.model.scheduler)(
-        optimizer=optimizer, total_steps=steps, max_lr=peak
-    )
-    net.train()
+    step_fn = plain_gan_step(model, cfg) if cfg.name == "gan" else plain_classifier_step(model, cfg)
+    steps = cfg.trainer.max_steps // STEPS_PER_BATCH.get(cfg.name, 1)
     step, start = 0, None
     while step < steps:
         for batch in loader:
             if step == warmup:
                 start = clocks()
-            x, y = datamodule.on_after_batch_transfer(batch, 0)
-            loss = F.cross_entropy(net(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
+            step_fn(*datamodule.on_after_batch_transfer(batch, 0))
             step += 1
             if step == steps:
                 break
@@ -132,10 +127,60 @@ def run_plain(cfg, warmup: int) -> tuple[float, float, float]:
     return wall, cpu, (end[0] - t0) - wall
 
 
-def worker(path: str, steps: int, warmup: int, batch_size: int, overrides: list[str]) -> None:
+def plain_classifier_step(model, cfg):
+    """One step of the mnist recipe: cross-entropy, AdamW, one-cycle schedule."""
+    net = model.net.train()
+    optimizer = instantiate(cfg.model.optimizer)(params=net.parameters())
+    peak = cfg.model.optimizer.lr  # OneCycleLR's max_lr, which TemplateModule passes per group
+    scheduler = instantiate(cfg.model.scheduler)(
+        optimizer=optimizer, total_steps=cfg.trainer.max_steps, max_lr=peak
+    )  # one optimizer: steps = batches
+
+    def step(x, y):
+        loss = F.cross_entropy(net(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+
+    return step
+
+
+def plain_gan_step(model, cfg):
+    """One DCGAN step as `projects.gan.model.GAN` takes it: D, then G, each with the other net's
+    parameters frozen (what toggle_optimizer does), so both paths compute the same gradients."""
+    g, d = model.generator.train(), model.discriminator.train()
+    opt_g = instantiate(cfg.model.optimizer_g)(params=g.parameters())
+    opt_d = instantiate(cfg.model.optimizer_d)(params=d.parameters())
+
+    def bce(logits, real: bool):
+        target = torch.ones_like(logits) if real else torch.zeros_like(logits)
+        return F.binary_cross_entropy_with_logits(logits, target)
+
+    def step(x, _):
+        fake = g(torch.randn(len(x), g.latent_dim, device=x.device))
+        g.requires_grad_(False)
+        loss_d = bce(d(x), True) + bce(d(fake.detach()), False)
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+        g.requires_grad_(True)
+        d.requires_grad_(False)
+        loss_g = bce(d(fake), True)
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+        d.requires_grad_(True)
+
+    return step
+
+
+def worker(
+    path: str, project: str, steps: int, warmup: int, batch_size: int, overrides: list[str]
+) -> None:
     """One timed run in this process; prints its (wall, cpu, start-up) seconds as JSON."""
     with TemporaryDirectory() as tmp:
-        cfg = bench_config(Path(tmp), steps, batch_size, overrides)
+        cfg = bench_config(Path(tmp), steps, batch_size, overrides, project)
         result = {"plain": run_plain, "lightning": run_lightning}[path](cfg, warmup)
     print("RESULT " + json.dumps(result))
 
@@ -156,6 +201,8 @@ def spawn(path: str, args) -> tuple[float, float, float]:
         "benchmarks.stack",
         "--worker",
         path,
+        "--project",
+        args.project,
         "--steps",
         str(args.steps),
         "--warmup",
@@ -175,13 +222,14 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=60)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds; medians shown")
+    parser.add_argument("--project", choices=["mnist", "gan"], default="mnist")
     parser.add_argument("--worker", choices=["plain", "lightning"], help=argparse.SUPPRESS)
     parser.add_argument(
         "overrides", nargs="*", help="Hydra overrides for both paths, e.g. model.net.width=64"
     )
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, args.steps, args.warmup, args.batch_size, args.overrides)
+        worker(args.worker, args.project, args.steps, args.warmup, args.batch_size, args.overrides)
         return
 
     timed = args.steps - args.warmup
@@ -197,8 +245,9 @@ def main() -> None:
                 flush=True,
             )
 
+    what = "mnist ConvNet" if args.project == "mnist" else "gan DCGAN (28x28, D then G)"
     print(
-        f"\nmnist ConvNet, batch {args.batch_size}, {timed} timed steps after {args.warmup} warm-up,"
+        f"\n{what}, batch {args.batch_size}, {timed} timed steps after {args.warmup} warm-up,"
         f" {torch.get_num_threads()} threads, medians of {args.rounds} rounds"
     )
     print(f"{'path':<24}{'samples/s':>11}{'ms/step':>9}{'CPU ms/step':>13}{'start-up s':>12}")
