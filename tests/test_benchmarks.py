@@ -10,10 +10,10 @@ from tests.conftest import run
 pytestmark = pytest.mark.slow  # a minute in all: `make test-all`
 
 
-def test_stack_benchmark_runs_both_paths():
-    result = run(
-        sys.executable, "-m", "benchmarks.stack", "--steps", "8", "--warmup", "2", "--rounds", "1"
-    )
+@pytest.mark.parametrize("project", ["mnist", "gan"])
+def test_stack_benchmark_runs_both_paths(project):
+    tiny = ["--steps", "8", "--warmup", "2", "--rounds", "1", "--project", project]
+    result = run(sys.executable, "-m", "benchmarks.stack", *tiny)
     assert result.returncode == 0, result.stderr[-3000:]
     assert re.search(r"time ratio, stack / plain loop: \d+\.\d+x wall", result.stdout)
 
