@@ -75,8 +75,9 @@ def split(dataset: Dataset, val_size: float | int, seed: int) -> tuple[Dataset, 
 class DataModule(L.LightningDataModule):
     """Seeded train/val/test splits, loaders, and the global batch size made per-device.
 
-    Subclasses implement `load()` -> (train pool, test set) and, when they download,
-    `prepare_data()`. The validation set is split off the train pool with a seeded generator.
+    Subclasses implement `load()` -> (train pool, test set) and, when they download, `_missing()`
+    (what is absent, empty when all is there), `fetch()` (the download) and `missing_help()`
+    ((what is missing, what to do instead) for the error); `prepare_data` runs them. The validation set is split off the train pool with a seeded generator.
     `batch_size` is global: under DDP with N processes each one loads `batch_size / N`.
     `loader="device"` moves in-memory TensorDatasets to the training device once (GPU memory, or
     RAM on CPU) and serves them through `TensorLoader`: no workers, one index op per batch, no
@@ -115,6 +116,24 @@ class DataModule(L.LightningDataModule):
     def load(self) -> tuple[Dataset, Dataset | None]:
         """Return (train pool, test set); a None test set means: test on the validation split."""
         raise NotImplementedError
+
+    def _missing(self) -> list[str] | bool:
+        """What of the dataset's files is absent (nothing, for data that needs no download)."""
+        return []
+
+    def fetch(self) -> None:
+        """Download the dataset's files."""
+        raise NotImplementedError
+
+    def missing_help(self) -> tuple[str, str]:
+        """(what is missing: folder and expected files, what to do instead), for the error."""
+        raise NotImplementedError
+
+    def prepare_data(self) -> None:
+        """Download what `_missing()` lists (rank 0 only), or raise one readable error."""
+        if self.synthetic or not self._missing():
+            return
+        fetch_or_explain(self.fetch, self._missing, self.download, *self.missing_help())
 
     def split_batch_over_processes(self) -> None:
         """`batch_size` is global: each of the trainer's processes loads an equal share."""

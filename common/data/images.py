@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-from common.data.base import DataModule, fetch_or_explain
+from common.data.base import DataModule
 from common.data.synthetic import synthetic_images
 from common.errors import UserError
 
@@ -145,10 +145,6 @@ class ImageDataModule(DataModule):
     def raw_dir(self) -> Path:
         raise NotImplementedError
 
-    def fetch(self) -> None:
-        """Download the raw files into `raw_dir`."""
-        raise NotImplementedError
-
     def read(self) -> tuple[TensorDataset, TensorDataset]:
         """(train pool, test set) from the raw files."""
         raise NotImplementedError
@@ -156,13 +152,8 @@ class ImageDataModule(DataModule):
     def _missing(self) -> list[str]:
         return [f for f in self.raw_files if not (self.raw_dir / f).is_file()]
 
-    def prepare_data(self) -> None:
-        if self.synthetic or not self._missing():
-            return
-        fetch_or_explain(
-            self.fetch,
-            self._missing,
-            self.download,
+    def missing_help(self) -> tuple[str, str]:
+        return (
             f"{self.name} files missing in {self.raw_dir} (expected {', '.join(self.raw_files)})",
             "Put the files there, or train on synthetic images with data.synthetic=true",
         )

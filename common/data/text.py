@@ -27,7 +27,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, TensorDataset
 
-from common.data.base import DataModule, fetch_or_explain, split
+from common.data.base import DataModule, split
 from common.data.loaders import UnpaddedDistributedSampler
 from common.errors import UserError
 
@@ -523,19 +523,13 @@ class IMDBDataModule(TextDataModule):
         folders = [self.raw_dir / s / c for s in ("train", "test") for c in ("pos", "neg")]
         return not all(f.is_dir() and any(f.glob("*.txt")) for f in folders)
 
-    def prepare_data(self) -> None:
-        if self.synthetic or not self._missing():
-            return
+    def fetch(self) -> None:
+        from torchvision.datasets.utils import download_and_extract_archive
 
-        def fetch():
-            from torchvision.datasets.utils import download_and_extract_archive
+        download_and_extract_archive(IMDB_URL, download_root=self.data_dir)
 
-            download_and_extract_archive(IMDB_URL, download_root=self.data_dir)
-
-        fetch_or_explain(
-            fetch,
-            self._missing,
-            self.download,
+    def missing_help(self) -> tuple[str, str]:
+        return (
             f"IMDB files missing in {self.raw_dir} (expected {IMDB_LAYOUT} under {self.data_dir})",
             "Put the extracted archive there, or train on synthetic sentences with "
             "data.synthetic=true",

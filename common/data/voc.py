@@ -11,7 +11,6 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, Subset
 
-from common.data.base import fetch_or_explain
 from common.data.shapes import DetectionDataModule, generate_shapes, resolve_class_names
 from common.errors import UserError
 
@@ -211,13 +210,8 @@ class VOCDataModule(DetectionDataModule):
         for image_set in archives.values():
             VOCDetection(self.data_dir, year=self.year, image_set=image_set, download=True)
 
-    def prepare_data(self) -> None:
-        if self.synthetic or not self._missing():
-            return
-        fetch_or_explain(
-            self.fetch,
-            self._missing,
-            self.download,
+    def missing_help(self) -> tuple[str, str]:
+        return (
             f"Pascal VOC {self.year} files missing in {self.voc_root} (expected "
             f"{', '.join(self.expected())})",
             f"Put the VOCdevkit folder in {self.data_dir}, or train on synthetic shapes with "
