@@ -153,9 +153,7 @@ def plain_gan_step(model, cfg):
     opt_g = instantiate(cfg.model.optimizer_g)(params=g.parameters())
     opt_d = instantiate(cfg.model.optimizer_d)(params=d.parameters())
 
-    def bce(logits, real: bool):
-        target = torch.ones_like(logits) if real else torch.zeros_like(logits)
-        return F.binary_cross_entropy_with_logits(logits, target)
+    bce = model.bce  # the same loss function: only the loop around it differs
 
     def step(x, _):
         fake = g(torch.randn(len(x), g.latent_dim, device=x.device))
