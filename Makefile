@@ -5,7 +5,10 @@
 #   make train PROJECT=mnist data.synthetic=true DRY=1     # print the Hydra command, run nothing
 #
 # key=value words go to Hydra unchanged and in the order typed (common/launcher.py reads them
-# from MAKEFLAGS); UPPERCASE words are make's own: PROJECT, ARGS, DRY, PORT.
+# from MAKEFLAGS); UPPERCASE words are make's own: PROJECT, ARGS, DRY, PORT, NAME.
+#
+# Verbs (train, eval, predict, sample, ...) are found on disk: every configs/<verb>.yaml with an
+# entry point common/<verb>.py is a target. A new verb is those two files, no edit here.
 
 VENV ?= .venv
 PYTHON ?= python3
@@ -21,12 +24,16 @@ export MALLOC_MMAP_THRESHOLD_ ?= 33554432
 export MALLOC_TRIM_THRESHOLD_ ?= 17179869184
 export MALLOC_TOP_PAD_ ?= 268435456
 
+FIXED := help install new test test-all bench bench-ddp lint format list tensorboard clean
+VERBS := $(filter-out $(FIXED),$(foreach v,$(basename $(notdir $(wildcard configs/*.yaml))),$(if $(wildcard common/$(v).py),$(v))))
+
 .DEFAULT_GOAL := help
-.PHONY: help install train eval predict sample test test-all bench bench-ddp lint format list tensorboard clean
+.PHONY: $(FIXED) $(VERBS)
 
 help: ## Show this help
 	@echo "Usage: make <target> [PROJECT=<name>] [key=value ...] [ARGS='<other hydra args>'] [DRY=1]"
 	@echo
+	@for v in $(VERBS); do printf "  %-12s %s\n" $$v "$$(sed -n '/^# /{s/^# *//p;q}' configs/$$v.yaml)"; done
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
 	@echo
 	@echo "Projects (PROJECT=...):"
@@ -44,17 +51,11 @@ $(VENV)/.installed: pyproject.toml
 $(PY):
 	@echo "error: $(VENV) is missing: run 'make install' first" >&2; exit 1
 
-train: $(PY) ## Train a project: make train PROJECT=<name> key=value ...
-	@$(PY) -m common.launcher train
+$(VERBS): $(PY)
+	@$(PY) -m common.launcher $@
 
-eval: $(PY) ## Test a checkpoint: make eval PROJECT=<name> ckpt_path=<file|last>
-	@$(PY) -m common.launcher eval
-
-predict: $(PY) ## Predict on a file: make predict PROJECT=<name> ckpt_path=<file|last> input=<file>
-	@$(PY) -m common.launcher predict
-
-sample: $(PY) ## Draw images from a generative model: make sample PROJECT=gan|vae ckpt_path=<file|last> n=64
-	@$(PY) -m common.launcher sample
+new: $(PY) ## Start a project from the template: make new NAME=<name>
+	@$(PY) -m common.scaffold "$(NAME)"
 
 test: $(PY) ## The suite CI runs (minutes on 2 CPU cores)
 	$(PY) -m pytest -m "not slow" $(ARGS)

@@ -1,4 +1,7 @@
-"""What every image classifier shares: the loss, and metrics that stay exact under DDP."""
+"""What every classifier shares: the loss, metrics that stay exact under DDP, and for images,
+prediction on a file."""
+
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -6,6 +9,8 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from common.data.images import Normalizer, read_image
+from common.errors import UserError
 from common.module import TemplateModule
 
 
@@ -71,3 +76,29 @@ class Classifier(TemplateModule):
 
     def test_step(self, batch, batch_idx):
         self.evaluate(batch, "test")
+
+
+class ImageClassifier(Classifier):
+    """A `Classifier` of images that can `make predict input=<image>`: the top-5 classes."""
+
+    top_k = 5
+
+    def predict_file(self, path: Path, output: Path | None = None) -> str:
+        """The image resized, cropped and normalized as the training images were, then the
+        `top_k` classes with their probabilities (test-time augmentation included)."""
+        spec = self.data_spec
+        if spec.image_size is None:
+            raise UserError("this checkpoint holds no data description: train it with this repo")
+        if output is not None:
+            raise UserError("output= is for projects that write a file; a classifier prints")
+        pixels = read_image(path, spec.image_size, spec.in_chans)  # uint8 (C, S, S)
+        x = Normalizer(spec.mean, spec.std)(pixels[None].to(self.device))  # (1, C, S, S)
+        probs = self.eval_logits(x).float().softmax(dim=1)[0]  # (num_classes,)
+        top = probs.topk(min(self.top_k, len(probs)))
+        names = spec.class_names or [str(i) for i in range(len(probs))]
+        width = max(len(names[i]) for i in top.indices.tolist())
+        lines = [
+            f"  {names[i]:<{width}}  {p:6.1%}"
+            for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
+        ]
+        return "\n".join([f"{path}: top {len(lines)} of {len(probs)} classes", *lines])

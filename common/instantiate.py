@@ -47,7 +47,7 @@ def instantiate_loggers(cfg: DictConfig) -> list[Logger]:
 def instantiate_trainer(cfg: DictConfig, **kwargs) -> L.Trainer:
     """The Trainer; asking for hardware this machine lacks is a user error that says what it has."""
     try:
-        return instantiate(cfg.trainer, **kwargs)
+        trainer = instantiate(cfg.trainer, **kwargs)
     except InstantiationException as err:
         if not isinstance(err.__cause__, MisconfigurationException | RuntimeError | ValueError):
             raise
@@ -58,6 +58,10 @@ def instantiate_trainer(cfg: DictConfig, **kwargs) -> L.Trainer:
             f"trainer.devices={cfg.trainer.get('devices')}: {reason}. This machine has "
             f"{have}; trainer=cpu runs anywhere."
         ) from err
+    if cfg.trainer.get("sync_batchnorm") and trainer.strategy.root_device.type == "cpu":
+        # Lightning would convert the BatchNorms and fail at the first forward, mid-run.
+        raise UserError("trainer.sync_batchnorm=true needs GPUs: gloo on CPU has no SyncBatchNorm")
+    return trainer
 
 
 @rank_zero_only

@@ -1,4 +1,7 @@
-"""What `make train|eval` runs: turn make's command line into a Hydra command, then exec it.
+"""What `make <verb>` runs: turn make's command line into a Hydra command, then exec it.
+
+A verb is an entry point `common/<verb>.py` with its config `configs/<verb>.yaml` (train, eval,
+predict, sample, ...): found on disk, so a new verb is those two files and no edit here.
 
 GNU make keeps command-line `key=value` words in the MAKEFLAGS environment variable, after
 ` -- `, newest first, with spaces escaped as `\\ `, backslashes doubled and `$` doubled. This
@@ -14,26 +17,30 @@ import shlex
 import sys
 from pathlib import Path
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-ENTRY_POINTS = {
-    "train": "common.train",
-    "eval": "common.eval",
-    "predict": "common.predict",
-    "sample": "common.sample",
-}
+COMMON = Path(__file__).resolve().parent
+CONFIGS = COMMON.parent / "configs"
+
+
+def first_comment(path: Path) -> str:
+    """A YAML file's first comment line (after a `# @package` line): its one-line description."""
+    for line in path.read_text().splitlines():
+        if line.startswith("#") and "@package" not in line:
+            return line.lstrip("# ").strip()
+    return ""
+
+
+def verbs() -> dict[str, str]:
+    """Verb -> one-line description, for every configs/<verb>.yaml with a common/<verb>.py."""
+    return {
+        path.stem: first_comment(path)
+        for path in sorted(CONFIGS.glob("*.yaml"))
+        if (COMMON / f"{path.stem}.py").is_file()
+    }
 
 
 def projects() -> dict[str, str]:
-    """Project name -> one-line description (the file's first comment after the package line)."""
-    found = {}
-    for path in sorted((CONFIGS / "project").glob("*.yaml")):
-        comments = [
-            line.lstrip("# ").strip()
-            for line in path.read_text().splitlines()
-            if line.startswith("#") and "@package" not in line
-        ]
-        found[path.stem] = comments[0] if comments else ""
-    return found
+    """Project name -> one-line description (the project config's first comment)."""
+    return {path.stem: first_comment(path) for path in sorted((CONFIGS / "project").glob("*.yaml"))}
 
 
 def makeflags_overrides(makeflags: str) -> list[str]:
@@ -112,11 +119,10 @@ def split_args(args: str) -> tuple[list[str], list[str]]:
 
 def build_command(task: str, project: str, overrides: list[str], args: str) -> list[str]:
     options, arg_overrides = split_args(args)
-    module = ENTRY_POINTS[task]
     return [
         sys.executable,
         "-m",
-        module,
+        f"common.{task}",
         *options,
         f"project={project}",
         *overrides,
@@ -124,17 +130,20 @@ def build_command(task: str, project: str, overrides: list[str], args: str) -> l
     ]
 
 
+def print_table(rows: dict[str, str]) -> None:
+    width = max(map(len, rows), default=0)
+    for name, description in rows.items():
+        print(f"{name:<{width}}  {description}")
+
+
 def main(argv: list[str]) -> int:
     task = argv[0] if argv else ""
-    if task == "list":
-        known = projects()
-        width = max(map(len, known), default=0)
-        for name, description in known.items():
-            print(f"{name:<{width}}  {description}")
+    if task in ("list", "verbs"):
+        print_table(projects() if task == "list" else verbs())
         return 0
-    if task not in ENTRY_POINTS:
+    if task not in verbs():
         print(
-            f"usage: python -m common.launcher {{{','.join(ENTRY_POINTS)},list}}", file=sys.stderr
+            f"usage: python -m common.launcher {{{','.join(verbs())},list,verbs}}", file=sys.stderr
         )
         return 2
 

@@ -1,4 +1,4 @@
-"""The part of configure_optimizers that every project shares."""
+"""What every project's LightningModule shares: optimizers from config, and its data in one place."""
 
 import inspect
 import math
@@ -7,19 +7,50 @@ from collections.abc import Callable
 import lightning as L
 import torch
 
+from common.data import DataModule, DataSpec
+
 
 class TemplateModule(L.LightningModule):
-    """A LightningModule whose optimizer and scheduler come from config as partials.
+    """A LightningModule whose optimizer and scheduler come from config as partials, and which
+    learns about its data through one hook.
 
     `optimizer` is called with `optimizer_params()`; `scheduler` (or None) with the optimizer,
     with `total_steps` when it takes one (OneCycleLR, `warmup_cosine` below): such schedulers
     step every batch, others every epoch; and with each group's lr as `max_lr` (OneCycleLR).
+
+    Data: before fitting or testing, `setup` hands the datamodule's `DataSpec` (class names,
+    normalization, tokenizer, ...) to `use_data`, which stores it as `data_spec`; override
+    `use_data` to act on it, calling super. The spec is saved in every checkpoint and restored
+    from it, so a model loaded for `make predict` knows its data without any data. Overrides
+    of `setup`, `on_save_checkpoint` and `on_load_checkpoint` call super.
     """
 
-    def __init__(self, optimizer: Callable, scheduler: Callable | None = None):
+    def __init__(self, optimizer: Callable | None = None, scheduler: Callable | None = None):
         super().__init__()
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+        self.data_spec = DataSpec()
+        self._spec_from_datamodule = False
+
+    def use_data(self, spec: DataSpec) -> None:
+        """Receive what the model may know about its data."""
+        self.data_spec = spec
+
+    def setup(self, stage: str) -> None:
+        # Lightning sets the datamodule up first: its spec is complete here.
+        datamodule = self.trainer.datamodule
+        if isinstance(datamodule, DataModule):
+            self.use_data(datamodule.spec())
+            self._spec_from_datamodule = True
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["data_spec"] = self.data_spec.to_dict()  # plain values: weights_only loads it
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # A resumed or tested run keeps the live datamodule's spec; a model loaded on its own
+        # (make predict, make sample) takes the saved one.
+        if "data_spec" in checkpoint and not self._spec_from_datamodule:
+            self.use_data(DataSpec.from_dict(checkpoint["data_spec"]))
 
     def optimizer_params(self):
         """What the optimizer is called with: the parameters, or (name, parameter) pairs for an

@@ -1,11 +1,10 @@
 """Run a trained model on your input: `make predict PROJECT=<name> ckpt_path=... input=...|text=...`.
 
-The model and its data settings (image size, normalization, class names) are rebuilt from the
-config stored in the checkpoint, and the weights loaded with torch's safe `weights_only` loader.
-What "predict" means is the project's: its LightningModule implements
-`predict_file(path, datamodule, output) -> str` (`input=<file>`: writes its result, such as an
-annotated image) and/or `predict_text(text, datamodule) -> str` (`text="..."`), each returning
-the text to print.
+The model is rebuilt from the config stored in the checkpoint and loaded with torch's safe
+`weights_only` loader; what it knows of its data (image size, normalization, class names, its
+tokenizer) comes with the checkpoint too, so no data is needed. What "predict" means is the
+project's: its model has the `PredictsFile` capability (`input=<file>`) and/or `PredictsText`
+(`text="..."`), see `common.capabilities`.
 """
 
 from pathlib import Path
@@ -13,9 +12,9 @@ from pathlib import Path
 import hydra
 import lightning as L
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from common.capabilities import PredictsFile, PredictsText, require
 from common.errors import UserError, exit_on_user_error
 from common.instantiate import instantiate_model
 from common.resolvers import register_resolvers
@@ -31,20 +30,17 @@ def checkpoint_path(cfg: DictConfig) -> str:
 
 
 def load_trained(
-    cfg: DictConfig, ckpt_path: str, hook: str, what: str
-) -> tuple[L.LightningModule, DictConfig]:
-    """(model in eval mode on `cfg.device`, the config it was trained with) from `ckpt_path`;
-    its module must have the method `hook` (`what` it does, for the error)."""
+    cfg: DictConfig, ckpt_path: str, capability: type, doing: str
+) -> L.LightningModule:
+    """The model of `ckpt_path` in eval mode on `cfg.device`, weights and data spec loaded; it
+    must have `capability` (`doing` says what for, in the error)."""
     checkpoint = load_checkpoint(ckpt_path)
-    saved = saved_config(cfg, checkpoint, ckpt_path)
-    model = instantiate_model(saved.model)
-    if not hasattr(model, hook):
-        raise UserError(f"project '{cfg.name}' does not {what} (its model has no {hook})")
+    model = instantiate_model(saved_config(cfg, checkpoint, ckpt_path).model)
+    require(model, capability, cfg.name, doing)
     model.load_state_dict(checkpoint["state_dict"])
-    model.on_load_checkpoint(checkpoint)  # what a project keeps beside the weights (a tokenizer)
+    model.on_load_checkpoint(checkpoint)  # what the model keeps beside its weights: its data spec
     device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else cfg.device
-    model.to("cpu" if device == "auto" else device).eval()
-    return model, saved
+    return model.to("cpu" if device == "auto" else device).eval()
 
 
 def predict(cfg: DictConfig) -> str:
@@ -57,17 +53,14 @@ def predict(cfg: DictConfig) -> str:
     if path is not None and not path.is_file():
         raise UserError(f"input={file}: no such file")
     ckpt_path = checkpoint_path(cfg)
-    if text is not None:
-        model, saved = load_trained(cfg, ckpt_path, "predict_text", "predict from text=")
-    else:
-        model, saved = load_trained(cfg, ckpt_path, "predict_file", "predict from input=")
-    datamodule = instantiate(saved.data)
     with torch.inference_mode():
         if text is not None:
-            result = model.predict_text(str(text), datamodule)
+            model = load_trained(cfg, ckpt_path, PredictsText, 'predict from text="..."')
+            result = model.predict_text(str(text))
         else:
-            output = Path(cfg.output) if cfg.get("output") else None
-            result = model.predict_file(path, datamodule, output)
+            model = load_trained(cfg, ckpt_path, PredictsFile, "predict from input=<file>")
+            output = Path(str(cfg.output)).expanduser() if cfg.get("output") else None
+            result = model.predict_file(path, output)
     print(result)
     return result
 

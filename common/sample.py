@@ -1,9 +1,9 @@
-"""Draw new images from a trained generative model: `make sample PROJECT=gan ckpt_path=... n=64`.
+"""Draw new images from a trained generative model: `make sample PROJECT=<name> ckpt_path=... n=64`.
 
 The model is rebuilt from the config stored in the checkpoint and loaded with torch's safe
-`weights_only` loader, as in `make predict`. A project opts in with a module method
-`sample_images(n, seed) -> (n, C, H, W)` floats in [0, 1]; the images are written as one PNG
-grid, and its path printed.
+`weights_only` loader, as in `make predict`. A project opts in with the `SamplesImages`
+capability (`sample_images(n, seed)` -> (n, C, H, W) floats in [0, 1]); the images are written
+as one PNG grid, and its path printed.
 """
 
 from pathlib import Path
@@ -12,6 +12,7 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
+from common.capabilities import SamplesImages
 from common.errors import UserError, exit_on_user_error
 from common.figures import image_grid, save_png
 from common.predict import checkpoint_path, load_trained
@@ -32,7 +33,7 @@ def sample(cfg: DictConfig) -> Path:
         path = ckpt_path.with_name(f"{ckpt_path.stem}_samples_n{n}_seed{cfg.seed}.png")
     if path.suffix.lower() != ".png":
         raise UserError(f"output={path} must end in .png")
-    model, _ = load_trained(cfg, str(ckpt_path), "sample_images", "sample images")
+    model = load_trained(cfg, str(ckpt_path), SamplesImages, "sample images")
     with torch.inference_mode():
         images = model.sample_images(n, seed=cfg.seed)  # (n, C, H, W) in [0, 1]
     save_png(image_grid(images, nrow), path)

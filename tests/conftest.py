@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
@@ -56,6 +57,36 @@ def make_config(
 @pytest.fixture
 def config(tmp_path):
     return lambda *overrides, name="train": make_config(tmp_path, overrides, name)
+
+
+def offline(cfg: DictConfig) -> DictConfig:
+    """`cfg` with data.synthetic=true where the data has a synthetic stand-in (sources that are
+    synthetic already, such as data=shapes, have no such key)."""
+    if "synthetic" in cfg.data:
+        cfg.data.synthetic = True
+    return cfg
+
+
+class TinyInception(torch.nn.Module):
+    """A stand-in for FID's InceptionV3 (whose weights need the network): each image's mean
+    colour and spread, uint8 (B, 3, H, W) -> (B, 6)."""
+
+    num_features = 6
+
+    def forward(self, x):
+        x = x.float() / 255
+        return torch.cat([x.mean((2, 3)), x.std((2, 3))], dim=1)
+
+
+@pytest.fixture
+def tiny_fid(monkeypatch):
+    """FID callbacks build their metric on `TinyInception`."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    monkeypatch.setattr(
+        "common.callbacks.fid.build_fid",
+        lambda weights: FrechetInceptionDistance(feature=TinyInception()),
+    )
 
 
 def run(*args: str, env: dict | None = None, timeout: float = 300, cwd: Path = ROOT):

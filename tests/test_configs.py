@@ -8,9 +8,14 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import OmegaConf
 
 from common.errors import UserError
-from common.instantiate import instantiate_callbacks, instantiate_loggers, instantiate_trainer
+from common.instantiate import (
+    instantiate_callbacks,
+    instantiate_loggers,
+    instantiate_model,
+    instantiate_trainer,
+)
 from common.resolvers import REPO_ROOT, register_resolvers
-from tests.conftest import CONFIGS, PROJECTS, make_config, options
+from tests.conftest import CONFIGS, PROJECTS, make_config, offline, options
 
 
 def project_of(option: str) -> str:
@@ -20,7 +25,7 @@ def project_of(option: str) -> str:
 
 @pytest.mark.parametrize("project", PROJECTS)
 def test_project_builds_data_and_model(tmp_path, project):
-    cfg = make_config(tmp_path, [f"project={project}", "data.synthetic=true"])
+    cfg = offline(make_config(tmp_path, [f"project={project}"]))
     assert cfg.name == project
     # A GAN monitors nothing (it keeps its last weights); every other project a val/ metric.
     assert cfg.monitor is None or cfg.monitor.split("/")[0] == "val"
@@ -28,10 +33,24 @@ def test_project_builds_data_and_model(tmp_path, project):
     assert isinstance(instantiate(cfg.model), LightningModule)
 
 
+# The project whose model takes each data option's batches.
+DATA_PROJECT = {
+    "regression": "linreg",
+    "diabetes": "linreg",
+    "shapes": "detection",
+    "voc": "detection",
+}
+DATA_PROJECT |= dict.fromkeys(["sentiment_synthetic", "imdb", "text_csv"], "sentiment")
+
+
 @pytest.mark.parametrize("option", options("data"))
 def test_data_option(tmp_path, option):
-    project = "linreg" if option in ("regression", "diabetes") else "mnist"
-    cfg = make_config(tmp_path, [f"project={project}", f"data={option}", "data.synthetic=true"])
+    overrides = [f"project={DATA_PROJECT.get(option, 'mnist')}", f"data={option}"]
+    if option == "text_csv":  # a file of its own, since it has no synthetic stand-in
+        rows = "".join(f"{'a fine film' if i % 2 else 'a dull film'},{i % 2}\n" for i in range(200))
+        (tmp_path / "texts.csv").write_text("text,label\n" + rows)
+        overrides.append(f"data.path={tmp_path / 'texts.csv'}")
+    cfg = offline(make_config(tmp_path, overrides))
     dm = instantiate(cfg.data)
     dm.prepare_data()
     dm.setup("fit")
@@ -40,10 +59,30 @@ def test_data_option(tmp_path, option):
 
 
 @pytest.mark.parametrize("option", options("model"))
-def test_model_option(tmp_path, option):
+def test_model_option_checkpoints_load_with_weights_only(tmp_path, option):
+    """A module's saved hyperparameters, weights and data spec are plain values and tensors:
+    torch's safe `weights_only=True` loading takes them (an OmegaConf container would not)."""
     cfg = make_config(tmp_path, [f"project={project_of(option)}", f"model={option}"])
-    model = instantiate(cfg.model)
-    assert sum(p.numel() for p in model.parameters()) > 0
+    model = instantiate_model(cfg.model)
+    checkpoint = {"hyper_parameters": dict(model.hparams), "state_dict": model.state_dict()}
+    model.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, tmp_path / "model.ckpt")
+    loaded = torch.load(tmp_path / "model.ckpt", weights_only=True)
+    assert loaded["hyper_parameters"] == dict(model.hparams)
+    assert loaded["state_dict"].keys() == model.state_dict().keys()
+    assert "data_spec" in loaded
+
+
+@pytest.mark.parametrize("option", options("model/net"))
+def test_net_option(tmp_path, option):
+    project = "vit" if "vit" in option else "cifar10"
+    overrides = [f"project={project}", f"model/net={option}"]
+    if "torchvision_vit" in option:  # its own size: no ViT size preset, and a small input here
+        overrides += ["~model/vit_size", "model.net.image_size=32"]
+    cfg = make_config(tmp_path, overrides)
+    net = instantiate(cfg.model.net)
+    size = cfg.model.net.get("image_size", 32)
+    assert net(torch.randn(2, 3, size, size)).shape == (2, cfg.data.num_classes)
 
 
 @pytest.mark.parametrize("option", options("trainer"))
@@ -90,11 +129,25 @@ def test_checkpoint_and_early_stopping_watch_the_project_metric(tmp_path):
     assert cfg.callbacks.early_stopping.monitor == "val/acc"
 
 
+# What each debug mode must change in the Trainer, against the project's own settings.
+DEBUG_EFFECTS = {
+    "default": {"max_epochs": 1},
+    "fdr": {"fast_dev_run": True},
+    "limit": {"max_epochs": 3, "limit_train_batches": 0.05, "limit_test_batches": 0.1},
+    "overfit": {"overfit_batches": 3, "max_epochs": 30},
+    "profiler": {"max_epochs": 1},
+}
+
+
 @pytest.mark.parametrize("option", options("debug"))
 def test_debug_option(tmp_path, option):
-    cfg = make_config(tmp_path, [f"debug={option}"])
-    assert cfg.trainer.max_epochs >= 1
-    assert isinstance(instantiate(cfg.trainer), Trainer)
+    from lightning.pytorch.profilers import SimpleProfiler
+
+    plain = instantiate(make_config(tmp_path, ["project=mnist"]).trainer)
+    trainer = instantiate(make_config(tmp_path, ["project=mnist", f"debug={option}"]).trainer)
+    for key, value in DEBUG_EFFECTS[option].items():
+        assert getattr(trainer, key) == value != getattr(plain, key), key
+    assert isinstance(trainer.profiler, SimpleProfiler) == (option == "profiler")
 
 
 @pytest.mark.parametrize("option", options("experiment"))

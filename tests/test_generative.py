@@ -13,12 +13,14 @@ from lightning.pytorch.callbacks import Callback
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
+from common.callbacks.fid import build_fid
+from common.conv import size_plan
 from common.errors import UserError
 from common.instantiate import instantiate_model
 from common.sample import sample
 from common.train import train
-from projects.gan.model import GAN, build_fid
-from projects.gan.nets import Discriminator, Generator, size_plan
+from projects.gan.model import GAN
+from projects.gan.nets import Discriminator, Generator
 from projects.vae.model import kl_divergence, reconstruction_nll, reparameterize
 from projects.vae.nets import ConvVAE
 from tests.conftest import FEW_STEPS, make_config
@@ -256,7 +258,9 @@ def test_sample_from_a_classifier_says_the_project_does_not_sample(tmp_path):
     cfg = make_config(tmp_path, ["project=mnist", "data.synthetic=true", "logger=csv", *SHORT])
     train(cfg)
     ckpt = Path(cfg.paths.output_dir, "checkpoints", "last.ckpt")
-    with pytest.raises(UserError, match="project 'mnist' does not sample images"):
+    with pytest.raises(
+        UserError, match="project 'mnist' cannot sample images; the projects that can: gan, vae"
+    ):
         sample(make_config(tmp_path, ["project=mnist", f"ckpt_path={ckpt}"], "sample"))
 
 
@@ -273,41 +277,43 @@ def offline(monkeypatch, tmp_path):
 
 
 def test_fid_without_inception_weights_is_one_readable_error(offline, tmp_path):
-    with pytest.raises(UserError, match="model.fid=true needs torch-fidelity's InceptionV3") as err:
+    with pytest.raises(UserError, match="FID needs torch-fidelity's InceptionV3") as err:
         build_fid(None)
     assert str(tmp_path / "torch_home") in str(err.value)  # says where to put the file
-    assert "model.fid=false" in str(err.value)
+    assert "callbacks.fid.weights=<file>" in str(err.value)
     corrupt = tmp_path / "inception.pth"
     corrupt.write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match=f"and {corrupt} failed"):
         build_fid(str(corrupt))
 
 
-def test_fid_is_logged_for_validation_and_test(config, monkeypatch):
-    """The FID plumbing (real and fake updates, compute, logging) with a tiny stand-in for
-    InceptionV3: features are each image's mean colour and spread."""
-    from torchmetrics.image.fid import FrechetInceptionDistance
-
-    class Features(torch.nn.Module):
-        num_features = 6
-
-        def forward(self, x):  # uint8 (B, 3, H, W) -> (B, 6)
-            x = x.float() / 255
-            return torch.cat([x.mean((2, 3)), x.std((2, 3))], dim=1)
-
-    monkeypatch.setattr(
-        "projects.gan.model.build_fid", lambda weights: FrechetInceptionDistance(feature=Features())
-    )
-    cfg = config("project=gan", "data.synthetic=true", "model.fid=true", "logger=csv", *SHORT)
+@pytest.mark.parametrize("project", ["gan", "vae"])
+def test_fid_is_logged_for_validation_and_test(config, project, tiny_fid):
+    """The FID plumbing (real and fake updates, compute, logging, the best checkpoint by it)
+    with a tiny stand-in for InceptionV3: features are each image's mean colour and spread."""
+    fid = ["+callbacks.fid._target_=common.callbacks.FID", "monitor=val/fid", "monitor_mode=min"]
+    setup = ["experiment=gan_fid"] if project == "gan" else fid
+    cfg = config(f"project={project}", *setup, "data.synthetic=true", "logger=csv", *SHORT)
     metrics = train(cfg)
     assert metrics["val/fid"] > 0 and metrics["test/fid"] > 0
+    assert metrics["score"] == metrics["val/fid"]  # the monitored value
+
+
+def test_fid_needs_a_model_that_samples(config, tiny_fid):
+    fid = ["+callbacks.fid._target_=common.callbacks.FID", "data.synthetic=true", "debug=fdr"]
+    with pytest.raises(UserError, match="draws no samples"):
+        train(config("project=mnist", *fid))
 
 
 @pytest.mark.slow
 def test_gan_trains_under_ddp_where_each_backward_leaves_one_net_without_gradients(tmp_path):
-    from tests.test_process import make
+    from tests.test_process import assert_one_readable_error, make
 
     ddp = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
-    result = make(tmp_path, "train", "PROJECT=gan", "data.synthetic=true", *ddp, *SHORT)
+    words = ["PROJECT=gan", "data.synthetic=true", *ddp, *SHORT]
+    refused = make(tmp_path / "plain", "train", *words)
+    assert_one_readable_error(refused, "trainer.strategy=ddp_find_unused_parameters_true")
+    unused = "trainer.strategy=ddp_find_unused_parameters_true"
+    result = make(tmp_path / "unused", "train", *words, unused)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "test/d_real" in result.stdout

@@ -48,7 +48,7 @@ def check_labels(images: torch.Tensor, labels: torch.Tensor) -> None:
 
 def test_folder_becomes_uint8_squares_with_sorted_labels(tmp_path):
     dm = ready(tmp_path, make_folder(tmp_path / "pics"))
-    assert dm.class_names == ["cat", "dog", "owl"] and dm.classes == 3
+    assert dm.class_names == ["cat", "dog", "owl"] and dm.spec().class_names == dm.class_names
     for subset in (dm.train_set, dm.val_set, dm.test_set):
         images, labels = subset.tensors
         assert images.dtype == torch.uint8 and images.shape[1:] == (3, 16, 16)
@@ -105,6 +105,16 @@ def test_train_and_test_folders(tmp_path, test_folder):
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (24, 6, 9)
     check_labels(*dm.test_set.tensors)
     assert class_count(str(root), 10) == 3
+
+
+def test_train_val_and_test_folders_are_the_three_splits(tmp_path):
+    root = tmp_path / "pics"
+    for name, per_class in (("train", 10), ("val", 2), ("test", 3)):
+        make_folder(root / name, per_class=per_class)
+    dm = ready(tmp_path, root)  # val_size and test_size do not apply: the folders are the splits
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (30, 6, 9)
+    for subset in (dm.train_set, dm.val_set, dm.test_set):
+        check_labels(*subset.tensors)
 
 
 def test_grey_images(tmp_path):

@@ -3,7 +3,7 @@
 import pytest
 
 from common.train import train
-from tests.conftest import PROJECTS, options
+from tests.conftest import PROJECTS, offline, options
 
 # Keep the heaviest nets small on CPU: fast_dev_run checks that everything connects, not speed.
 SMALLER = {"vit_finetune": ["model.net.image_size=32"]}
@@ -14,7 +14,7 @@ SLOW = {"vit_finetune"}
 
 @pytest.mark.parametrize("project", PROJECTS)
 def test_fast_dev_run(config, project):
-    cfg = config(f"project={project}", "debug=fdr", "data.synthetic=true", "data.batch_size=32")
+    cfg = offline(config(f"project={project}", "debug=fdr", "data.batch_size=32"))
     metrics = train(cfg)
     assert any(k.startswith("train/loss") for k in metrics)  # a GAN has train/loss_d, _g
     assert any(k.startswith("test/") for k in metrics)
@@ -25,13 +25,11 @@ def test_fast_dev_run(config, project):
     "experiment",
     [pytest.param(e, marks=pytest.mark.slow) if e in SLOW else e for e in options("experiment")],
 )
-def test_experiment_fast_dev_run(config, experiment):
+def test_experiment_fast_dev_run(config, experiment, tiny_fid):
     project = next(p for p in PROJECTS if experiment.startswith(p))
-    overrides = ["debug=fdr", "data.synthetic=true", "data.batch_size=32"]
-    cfg = config(
-        f"project={project}", f"experiment={experiment}", *overrides, *SMALLER.get(experiment, [])
-    )
-    assert "train/loss" in train(cfg)
+    overrides = ["debug=fdr", "data.batch_size=32", *SMALLER.get(experiment, [])]
+    cfg = offline(config(f"project={project}", f"experiment={experiment}", *overrides))
+    assert any(key.startswith("train/loss") for key in train(cfg))
 
 
 @pytest.mark.parametrize("encoder", options("encoder"))
@@ -44,5 +42,13 @@ def test_encoder_option(config, encoder):
 def test_optimizer_option(config, optimizer):
     cfg = config(
         "project=mnist", f"model/optimizer={optimizer}", "debug=fdr", "data.synthetic=true"
+    )
+    assert "train/loss" in train(cfg)
+
+
+@pytest.mark.parametrize("scheduler", options("model/scheduler"))
+def test_scheduler_option(config, scheduler):
+    cfg = config(
+        "project=mnist", f"model/scheduler={scheduler}", "debug=fdr", "data.synthetic=true"
     )
     assert "train/loss" in train(cfg)

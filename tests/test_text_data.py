@@ -1,4 +1,5 @@
-"""Text data: tokenizer, padding, length bucketing, and the synthetic, CSV and IMDB datamodules."""
+"""Text data: tokenizer, padding, length bucketing, the CSV datamodule, and the sentiment
+project's synthetic and IMDB datamodules."""
 
 import csv
 
@@ -8,25 +9,27 @@ from hydra.utils import instantiate
 from torch.utils.data import BatchSampler, DistributedSampler
 
 from common.data import text
+from common.data.loaders import BucketBatchSampler, EpochRandomSampler
 from common.data.text import (
-    BucketBatchSampler,
-    EpochRandomSampler,
-    IMDBDataModule,
-    SentimentSyntheticDataModule,
     TextCSVDataModule,
     TextDataset,
     collate,
     encode,
     load_or_train_tokenizer,
-    sentiment_label,
-    synthetic_sentences,
     tokenizer_path,
     train_tokenizer,
 )
 from common.errors import UserError
+from projects.sentiment.data import (
+    IMDBDataModule,
+    SyntheticSentiment,
+    sentiment_label,
+    synthetic_sentences,
+)
 from tests.conftest import make_config
 
-SMALL = dict(synthetic_size=(400, 100), vocab_size=300, max_length=32, batch_size=16)
+CSV = dict(vocab_size=300, max_length=32, batch_size=16)  # small settings for file datamodules
+SMALL = dict(synthetic_size=(400, 100), **CSV)
 
 
 def test_tokenizer_round_trip_and_cls_first():
@@ -57,9 +60,9 @@ def test_saved_tokenizer_reused_and_new_for_new_texts(tmp_path, monkeypatch):
     assert other != path and other != tokenizer_path(tmp_path, "t", texts, 300)
     # A datamodule set up twice on the same data trains no tokenizer the second time.
     monkeypatch.undo()
-    SentimentSyntheticDataModule(str(tmp_path), **SMALL).setup("fit")
+    SyntheticSentiment(str(tmp_path), **SMALL).setup("fit")
     monkeypatch.setattr(text, "train_tokenizer", fail)
-    dm = SentimentSyntheticDataModule(str(tmp_path), **SMALL)
+    dm = SyntheticSentiment(str(tmp_path), **SMALL)
     dm.setup("fit")
     assert dm.tokenizer is not None
 
@@ -114,7 +117,7 @@ def test_lightning_can_inject_a_distributed_sampler(tmp_path):
     from lightning.pytorch.utilities.data import _is_dataloader_shuffled, _update_dataloader
     from torch.utils.data import DataLoader
 
-    dm = SentimentSyntheticDataModule(str(tmp_path), **SMALL)
+    dm = SyntheticSentiment(str(tmp_path), **SMALL)
     dm.setup("fit")
     with _replace_dunder_methods(DataLoader, "dataset"), _replace_dunder_methods(BatchSampler):
         loader = dm.train_dataloader()
@@ -144,7 +147,7 @@ def test_sentiment_rule_and_synthetic_data(tmp_path):
     assert labels == [sentiment_label(t) for t in texts] and 150 < sum(labels) < 350
     assert any(w in t.split() for t in texts for w in ("not", "never", "hardly"))
 
-    dm = SentimentSyntheticDataModule(str(tmp_path), **SMALL)
+    dm = SyntheticSentiment(str(tmp_path), **SMALL)
     dm.setup("fit")
     assert len(dm.train_set) == 360 and len(dm.val_set) == 40 and len(dm.test_set) == 100
     assert dm.class_names == ["negative", "positive"] and dm.num_classes == 2
@@ -153,7 +156,7 @@ def test_sentiment_rule_and_synthetic_data(tmp_path):
         assert (tokens[:, 0] == dm.tokenizer.token_to_id("[CLS]")).all()
         assert (tokens < dm.vocab_size).all() and (lengths <= dm.max_length).all()
         pad = torch.arange(tokens.shape[1]) >= lengths[:, None]
-        assert (tokens[pad] == dm.pad_id).all() and (tokens[~pad] != dm.pad_id).all()
+        assert (tokens[pad] == 0).all() and (tokens[~pad] != 0).all()
     tokens, lengths, labels = next(iter(dm.val_dataloader()))
     assert len(labels) == 16
 
@@ -173,7 +176,7 @@ def _review_rows(n=120, header=("text", "label")):
 def test_csv_datamodule_string_labels(tmp_path, suffix):
     file = tmp_path / f"reviews{suffix}"
     _write(file, _review_rows(), "\t" if suffix == ".tsv" else ",")
-    dm = TextCSVDataModule(str(tmp_path / "data"), path=str(file), **SMALL)
+    dm = TextCSVDataModule(str(tmp_path / "data"), path=str(file), **CSV)
     dm.setup("fit")
     assert dm.class_names == ["bad", "good"]
     assert len(dm.train_set) + len(dm.val_set) + len(dm.test_set) == 120
@@ -193,7 +196,7 @@ def test_csv_int_labels_and_test_path(tmp_path):
     )
     dm = TextCSVDataModule(
         str(tmp_path), path=str(tmp_path / "a.csv"), test_path=str(tmp_path / "b.csv"),
-        text_column="review", label_column="y", **SMALL,
+        text_column="review", label_column="y", **CSV,
     )  # fmt: skip
     dm.setup("fit")
     assert dm.class_names == ["0", "1"] and len(dm.test_set) == 10
@@ -251,17 +254,48 @@ def test_imdb_missing_is_user_error(tmp_path):
 
 @pytest.mark.parametrize("option", ["sentiment_synthetic", "imdb", "text_csv"])
 def test_text_configs_instantiate(tmp_path, option):
-    cfg = make_config(
-        tmp_path,
-        ["project=mnist", f"data={option}", "data.synthetic=true",
-         "data.synthetic_size=[200,50]", "data.vocab_size=200"],
-    )  # fmt: skip
-    dm = instantiate(cfg.data)
+    overrides = ["project=sentiment", f"data={option}", "data.vocab_size=200"]
+    if option == "text_csv":
+        _write(tmp_path / "r.csv", _review_rows(300))
+        overrides.append(f"data.path={tmp_path / 'r.csv'}")
+    else:
+        overrides.append("data.synthetic_size=[200,50]")
+    if option == "imdb":
+        overrides.append("data.synthetic=true")
+    dm = instantiate(make_config(tmp_path, overrides).data)
     dm.prepare_data()
     dm.setup("fit")
     tokens, lengths, labels = next(iter(dm.train_dataloader()))
-    assert len(tokens) == len(lengths) == len(labels) == cfg.data.batch_size
+    assert len(tokens) == len(lengths) == len(labels) == 64
     assert dm.vocab_size == 200 and dm.num_classes == 2
+    spec = dm.spec()  # what the model gets: the tokenizer as JSON, the names
+    assert "WordPiece" in spec.tokenizer and len(spec.class_names) == 2
+
+
+def test_text_loader_kinds(tmp_path):
+    with pytest.raises(UserError, match="bucket, dataloader"):
+        SyntheticSentiment(str(tmp_path), loader="device")
+    plain = SyntheticSentiment(str(tmp_path), loader="dataloader", **SMALL)
+    plain.setup("fit")
+    assert not isinstance(plain.train_dataloader().batch_sampler, BucketBatchSampler)
+
+
+def test_csv_validation_file_is_the_validation_set(tmp_path):
+    """A shipped validation file validates: nothing of the training file is held out for it."""
+    _write(tmp_path / "train.csv", _review_rows(100))
+    _write(tmp_path / "val.csv", _review_rows(30)[:21])  # the header and 20 rows
+    dm = TextCSVDataModule(
+        str(tmp_path), path=str(tmp_path / "train.csv"), val_path=str(tmp_path / "val.csv"),
+        test_size=0.2, **CSV,
+    )  # fmt: skip
+    dm.setup("fit")
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (80, 20, 20)
+    _write(tmp_path / "odd.csv", [["text", "label"], ["x", "meh"]])
+    odd = TextCSVDataModule(
+        str(tmp_path), path=str(tmp_path / "train.csv"), val_path=str(tmp_path / "odd.csv"), **CSV
+    )
+    with pytest.raises(UserError, match="odd.csv has labels not in"):
+        odd.setup("fit")
 
 
 def test_csv_configured_class_names_order(tmp_path):

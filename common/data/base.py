@@ -1,15 +1,65 @@
-"""The base datamodule every project's data goes through."""
+"""The datamodule every project's data goes through: a source, a loader kind, a batch transform.
+
+- **Source**: what is missing (`expected` files under `location`, or an own `missing()`), how to
+  fetch it (`fetch`, which only `prepare_data` runs: once per node, before any `setup`), and how
+  to read it into datasets: `read()`, or `generate()` for the learnable synthetic stand-in
+  (`synthetic=True`), each returning `Splits(train, val, test)`. A val or test set the source
+  does not have is split off train with a seed (`val_size`, `test_size`); without either, the
+  validation split is tested.
+- **Loader kind**, `loader`, one of the class's `loaders`: "device" holds in-memory tensors on the
+  training device and serves them with `TensorLoader` (no workers, no copies); "dataloader" is a
+  torch DataLoader with `num_workers`; text adds "bucket" (batches of similar lengths).
+- **Batch transform**: `on_after_batch_transfer`, on the training device (normalization,
+  augmentation).
+- **Spec**: `spec()`, what a model may know about the data (`DataSpec`).
+
+`batch_size` is global: under DDP with N processes each one loads `batch_size / N`.
+"""
 
 import warnings
+from pathlib import Path
+from typing import NamedTuple
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from common.data.files import fetch_or_explain
 from common.data.loaders import TensorLoader, UnpaddedDistributedSampler
+from common.data.spec import DataSpec
 from common.errors import UserError
 
-LOADERS = ("device", "dataloader")
+# The test split draws its own permutation (seed + this), independent of the validation split's.
+TEST_SEED_OFFSET = 2
+
+
+class Splits(NamedTuple):
+    """What a source reads: a training pool, and a validation and test set when it has them."""
+
+    train: Dataset
+    val: Dataset | None = None
+    test: Dataset | None = None
+
+
+def subset(dataset: Dataset, indices: torch.Tensor) -> Dataset:
+    """The samples at `indices` (CPU int64): in-memory datasets are indexed once (they keep
+    their tensors, so `loader=device` still applies), others wrapped in a Subset."""
+    if hasattr(dataset, "subset"):
+        return dataset.subset(indices)
+    if isinstance(dataset, TensorDataset):
+        return TensorDataset(*(t[indices] for t in dataset.tensors))
+    return Subset(dataset, indices.tolist())
+
+
+def split(dataset: Dataset, size: float | int, seed: int, key: str = "data.val_size"):
+    """(rest, part): a seeded split of `dataset`; `size` (the config key `key`) is a fraction
+    (< 1) or a count of samples for `part`."""
+    n = len(dataset)
+    k = int(round(size * n)) if size < 1 else int(size)
+    if not 0 <= k < n:
+        raise UserError(f"{key}={size} leaves no training data out of {n} samples")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return subset(dataset, order[k:]), subset(dataset, order[:k])
 
 
 def to_device(dataset: Dataset, device: torch.device) -> Dataset:
@@ -21,12 +71,6 @@ def to_device(dataset: Dataset, device: torch.device) -> Dataset:
     return TensorDataset(*(t.to(device) for t in dataset.tensors))
 
 
-def dataset_nbytes(dataset: Dataset) -> int:
-    if isinstance(dataset, TensorDataset):
-        return sum(t.nbytes for t in dataset.tensors)
-    return dataset.nbytes
-
-
 def fits_on(device: torch.device, nbytes: int) -> bool:
     """Whether `nbytes` of data can stay on `device` and leave most of it to the model."""
     if device.type != "cuda":
@@ -35,105 +79,114 @@ def fits_on(device: torch.device, nbytes: int) -> bool:
     return nbytes < free // 4
 
 
-def fetch_or_explain(fetch, missing, download: bool, what: str, fix: str) -> None:
-    """Run `fetch()` (a download) unless `download` is off; if `missing()` is still true after,
-    raise one UserError: `what` is missing (name the folder and files) because of the reason
-    found, and `fix` says what to do instead."""
-    reason = "data.download=false"
-    if download:
-        try:
-            fetch()
-            if not missing():
-                return
-            reason = "the download did not bring them"
-        except Exception as err:  # no network, a mirror down, a disk full: all one message
-            # torchvision lists every mirror it tried; the last line says why.
-            lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-            reason = f"the download failed ({lines[-1] if lines else type(err).__name__})"
-    raise UserError(f"{what} and {reason}. {fix}")
-
-
-def split(dataset: Dataset, val_size: float | int, seed: int) -> tuple[Dataset, Dataset]:
-    """Seeded train/val split. `val_size` is a fraction (< 1) or a count.
-
-    TensorDatasets stay TensorDatasets (indexed once here), so the fast loader still applies.
-    """
-    n = len(dataset)
-    n_val = int(round(val_size * n)) if val_size < 1 else int(val_size)
-    if not 0 <= n_val < n:
-        raise UserError(f"data.val_size={val_size} leaves no training data out of {n} samples")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    train_idx, val_idx = order[n_val:], order[:n_val]
-    if isinstance(dataset, TensorDataset):
-        return (
-            TensorDataset(*(t[train_idx] for t in dataset.tensors)),
-            TensorDataset(*(t[val_idx] for t in dataset.tensors)),
-        )
-    return Subset(dataset, train_idx.tolist()), Subset(dataset, val_idx.tolist())
-
-
 class DataModule(L.LightningDataModule):
-    """Seeded train/val/test splits, loaders, and the global batch size made per-device.
+    """Seeded splits, the loader kinds, and the global batch size made per-device.
 
-    Subclasses implement `load()` -> (train pool, test set) and, when they download, `_missing()`
-    (what is absent, empty when all is there), `fetch()` (the download) and `missing_help()`
-    ((what is missing, what to do instead) for the error); `prepare_data` runs them. The validation set is split off the train pool with a seeded generator.
-    `batch_size` is global: under DDP with N processes each one loads `batch_size / N`.
-    `loader="device"` moves in-memory TensorDatasets to the training device once (GPU memory, or
-    RAM on CPU) and serves them through `TensorLoader`: no workers, one index op per batch, no
-    host-to-device copies. `loader="dataloader"` uses a torch DataLoader with `num_workers`.
+    A source overrides `read` (and `generate` when it has a synthetic stand-in), names its files
+    in `expected` (under `location`) and downloads them in `fetch`; `prepare_splits` fits what
+    the training split teaches (normalization statistics, a tokenizer); `spec` says what a model
+    may know. Everything else is here.
     """
+
+    name = "data"  # how messages call it
+    loaders: tuple[str, ...] = ("device", "dataloader")  # the loader kinds it can serve
+    expected: tuple[str, ...] = ()  # files (folders end in /) the source needs under `location`
+    alternative = "train on synthetic data with data.synthetic=true"  # said when files are missing
+    collate_fn = None  # the DataLoader's; variable-size samples (boxes, texts) set their own
+    class_names: list[str] | None = None
 
     def __init__(
         self,
         data_dir: str,
         batch_size: int = 128,
         val_size: float | int = 0.1,
-        loader: str = "device",
+        test_size: float | int = 0.0,
+        loader: str | None = None,
         num_workers: int = 0,
         pin_memory: bool = False,
         synthetic: bool = False,
+        download: bool = True,
         seed: int = 42,
     ):
         super().__init__()
-        if loader not in LOADERS:
-            raise UserError(f"data.loader={loader!r} is not one of {', '.join(LOADERS)}")
+        loader = loader or self.loaders[0]
+        if loader not in self.loaders:
+            raise UserError(
+                f"data.loader={loader!r} is not one of {', '.join(self.loaders)} "
+                f"(the loader kinds of {type(self).__name__})"
+            )
         if batch_size < 1:
             raise UserError(f"data.batch_size must be positive, got {batch_size}")
         self.data_dir = data_dir
         self.batch_size = batch_size
-        self.val_size = val_size
+        self.val_size, self.test_size = val_size, test_size
         self.loader = loader
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.synthetic = synthetic
+        self.download = download
         self.seed = seed
         self.batch_size_per_device = batch_size
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
 
-    def load(self) -> tuple[Dataset, Dataset | None]:
-        """Return (train pool, test set); a None test set means: test on the validation split."""
-        raise NotImplementedError
+    # --- the source -----------------------------------------------------------------------------
 
-    def _missing(self) -> list[str] | bool:
-        """What of the dataset's files is absent (nothing, for data that needs no download)."""
-        return []
+    @property
+    def location(self) -> Path:
+        """The folder the source's files live in."""
+        return Path(self.data_dir)
+
+    def missing(self) -> list[str]:
+        """What of `expected` is absent (nothing, for data that needs no files)."""
+        return [f for f in self.expected if not (self.location / f).exists()]
 
     def fetch(self) -> None:
-        """Download the dataset's files."""
+        """Download the files `expected` lists."""
+        raise NotImplementedError(f"{self.name} cannot be downloaded: put the files there")
+
+    def read(self) -> Splits:
+        """The datasets, from the files."""
         raise NotImplementedError
 
-    def missing_help(self) -> tuple[str, str]:
-        """(what is missing: folder and expected files, what to do instead), for the error."""
-        raise NotImplementedError
+    def generate(self) -> Splits:
+        """The learnable synthetic stand-in (`synthetic=True`), with the real shapes and dtypes."""
+        raise UserError(f"{self.name} has no synthetic version: leave data.synthetic out")
+
+    def _missing_message(self) -> tuple[str, str]:
+        what = f"{self.name} files missing in {self.location} (expected {', '.join(self.expected)})"
+        return what, f"Put the files there, or {self.alternative}"
 
     def prepare_data(self) -> None:
-        """Download what `_missing()` lists (rank 0 only), or raise one readable error."""
-        if self.synthetic or not self._missing():
+        """Download what `missing()` lists (one process per node), or raise one readable error."""
+        if self.synthetic or not self.missing():
             return
-        fetch_or_explain(self.fetch, self._missing, self.download, *self.missing_help())
+        fetch_or_explain(self.fetch, self.missing, self.download, *self._missing_message())
+
+    def load(self) -> Splits:
+        """`generate()` or `read()`; missing or unreadable files are one UserError."""
+        if self.synthetic:
+            return Splits(*self.generate())
+        if self.missing():  # `prepare_data` did not run here, or did not bring them
+            what, fix = self._missing_message()
+            raise UserError(f"{what}. {fix}")
+        try:
+            return Splits(*self.read())
+        except UserError:
+            raise
+        except Exception as err:
+            raise UserError(
+                f"cannot read {self.name} from {self.location} ({type(err).__name__}: {err}). "
+                f"Delete it to download again, or {self.alternative}"
+            ) from err
+
+    # --- splits -----------------------------------------------------------------------------------
+
+    def prepare_splits(self, train: Dataset, val: Dataset, test: Dataset) -> tuple:
+        """Fit what the training split teaches and return the three datasets to serve.
+        `test` may be `val` itself (no test set: the validation split is tested)."""
+        return train, val, test
 
     def split_batch_over_processes(self) -> None:
         """`batch_size` is global: each of the trainer's processes loads an equal share."""
@@ -148,85 +201,92 @@ class DataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self.split_batch_over_processes()
         if self.train_set is None:
-            pool, self.test_set = self.load()
-            self.train_set, self.val_set = split(pool, self.val_size, self.seed)
-            if self.test_set is None:  # no separate test images: the validation split stands in
-                self.test_set = self.val_set
+            train, val, test = self.load()
+            if test is None and self.test_size:
+                seed = self.seed + TEST_SEED_OFFSET
+                train, test = split(train, self.test_size, seed, "data.test_size")
+            if val is None:
+                train, val = split(train, self.val_size, self.seed)
+            splits = self.prepare_splits(train, val, val if test is None else test)
+            self.train_set, self.val_set, self.test_set = splits
         if self.loader == "device" and self.trainer is not None:
             self._move_to(self.trainer.strategy.root_device)
 
-    def resident(self, dataset: Dataset) -> Dataset | None:
-        """`dataset` in the form the device loader holds (here a TensorDataset), else None.
-        Such a form has `.tensors`, or `.nbytes` and `.to(device)` of its own."""
-        return dataset if isinstance(dataset, TensorDataset) else None
+    def spec(self) -> DataSpec:
+        """What a model may know about this data (after `setup`)."""
+        return DataSpec(class_names=self.class_names)
 
-    def _move_to(self, device: torch.device) -> None:
-        sets = [self.resident(s) for s in (self.train_set, self.val_set, self.test_set)]
-        if any(s is None for s in sets):
+    # --- loaders ----------------------------------------------------------------------------------
+
+    def _resident(self, dataset: Dataset) -> Dataset:
+        if not hasattr(dataset, "tensors"):
             raise UserError(
                 f"data.loader=device needs in-memory tensors, and {type(self).__name__} reads "
                 "samples one by one: use data.loader=dataloader"
             )
-        shared = self.test_set is self.val_set  # test_size=0: one copy on the device, not two
-        if shared:
-            sets[2] = sets[1]
-        nbytes = sum(dataset_nbytes(s) for s in sets[: 2 if shared else 3])
+        return dataset
+
+    def _move_to(self, device: torch.device) -> None:
+        sets = [self._resident(s) for s in (self.train_set, self.val_set, self.test_set)]
+        shared = self.test_set is self.val_set  # no test set: one copy on the device, not two
+        unique = sets[:2] if shared else sets
+        nbytes = sum(t.nbytes for s in unique for t in s.tensors)
         if not fits_on(device, nbytes):
             warnings.warn(
                 f"the dataset ({nbytes / 2**30:.1f} GiB) does not fit comfortably in {device} "
                 "memory; batches are copied from host memory instead",
                 stacklevel=2,
             )
-        else:
-            sets[:2] = [to_device(s, device) for s in sets[:2]]
-            sets[2] = sets[1] if shared else to_device(sets[2], device)
-        self.train_set, self.val_set, self.test_set = sets
+            return
+        sets = [to_device(s, device) for s in unique]
+        self.train_set, self.val_set = sets[:2]
+        self.test_set = self.val_set if shared else sets[2]
 
-    def train_dataloader(self):
-        return self._loader(self.train_set, train=True)
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
-    def val_dataloader(self):
-        return self._loader(self.val_set, train=False)
-
-    def test_dataloader(self):
-        return self._loader(self.test_set, train=False)
-
-    # The DataLoader's collate_fn; datasets of variable-size samples (detection) set their own.
-    collate_fn = None
-
-    def device_loader(self, dataset: Dataset, train: bool, rank: int, world: int):
-        """The loader for `loader="device"`, or None when `dataset` is not in-memory tensors."""
-        if not isinstance(dataset, TensorDataset):
-            return None
+    def make_loader(self, dataset: Dataset, train: bool):
+        """A loader of kind `self.loader` over this process's share of `dataset`."""
+        if self.loader != "device":
+            return self.dataloader(dataset, train)
+        rank, world = self._rank_world()
         return TensorLoader(
-            *dataset.tensors,
+            *self._resident(dataset).tensors,
             batch_size=self.batch_size_per_device,
             shuffle=train,
             seed=self.seed,
             rank=rank,
             world_size=world,
+            make_batch=getattr(dataset, "batch", None),
         )
 
-    def _loader(self, dataset: Dataset, train: bool):
-        trainer = self.trainer
-        rank = trainer.global_rank if trainer is not None else 0
-        world = trainer.world_size if trainer is not None else 1
-        if self.loader == "device":
-            loader = self.device_loader(dataset, train, rank, world)
-            if loader is not None:
-                return loader
-        # Training shards come from Lightning's DistributedSampler; evaluation shards must not
-        # repeat samples, or metrics under DDP would differ from a single process.
-        sampler = (
-            UnpaddedDistributedSampler(dataset, world, rank) if world > 1 and not train else None
-        )
+    def dataloader(self, dataset: Dataset, train: bool, **kwargs) -> DataLoader:
+        """A torch DataLoader; `kwargs` may bring a `batch_sampler` in place of the batching."""
+        rank, world = self._rank_world()
+        if "batch_sampler" not in kwargs:
+            # Training shards come from Lightning's DistributedSampler; evaluation shards must
+            # not repeat samples, or metrics under DDP would differ from a single process.
+            sampler = UnpaddedDistributedSampler(dataset, world, rank) if world > 1 else None
+            kwargs.update(
+                batch_size=self.batch_size_per_device,
+                shuffle=train,
+                sampler=None if train else sampler,
+            )
         return DataLoader(
             dataset,
-            batch_size=self.batch_size_per_device,
-            shuffle=train,
-            sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
             collate_fn=self.collate_fn,
+            **kwargs,
         )
+
+    def train_dataloader(self):
+        return self.make_loader(self.train_set, train=True)
+
+    def val_dataloader(self):
+        return self.make_loader(self.val_set, train=False)
+
+    def test_dataloader(self):
+        return self.make_loader(self.test_set, train=False)

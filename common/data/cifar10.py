@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import TensorDataset
 from torchvision.datasets import CIFAR10
 
+from common.data.base import Splits
 from common.data.images import ImageDataModule
 
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -34,16 +35,17 @@ class CIFAR10DataModule(ImageDataModule):
     mean = (0.4914, 0.4822, 0.4465)
     std = (0.2470, 0.2435, 0.2616)
     shape = (3, 32, 32)
-    raw_files = (*TRAIN_BATCHES, "test_batch")
+    classes = CLASSES
+    expected = (*TRAIN_BATCHES, "test_batch")
 
     @property
-    def raw_dir(self) -> Path:
+    def location(self) -> Path:
         return Path(self.data_dir) / "cifar-10-batches-py"
 
     def fetch(self) -> None:
         CIFAR10(self.data_dir, train=True, download=True)  # the archive holds both splits
 
-    def read(self) -> tuple[TensorDataset, TensorDataset]:
-        train = read_batches([self.raw_dir / name for name in TRAIN_BATCHES])
-        test = read_batches([self.raw_dir / "test_batch"])
-        return TensorDataset(*train), TensorDataset(*test)
+    def read(self) -> Splits:
+        train = read_batches([self.location / name for name in TRAIN_BATCHES])
+        test = read_batches([self.location / "test_batch"])
+        return Splits(TensorDataset(*train), None, TensorDataset(*test))

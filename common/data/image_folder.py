@@ -2,8 +2,8 @@
 
     make train PROJECT=<name> data=image_folder data.root=/path/to/folder
 
-Layouts: `root/<class_name>/*.{jpg,jpeg,png,bmp,webp}`, or `root/train/<class_name>/...` with an
-optional `root/test/` (else `root/val/`) of the same class folders as the test set.
+Layouts: `root/<class_name>/*.{jpg,jpeg,png,bmp,webp}`, or `root/train/<class_name>/...` with
+`root/val/` and/or `root/test/` holding the same class folders (see `find_layout`).
 """
 
 import hashlib
@@ -17,40 +17,35 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from common.data.images import ImageDataModule
+from common.data.base import Splits
+from common.data.files import atomic_write, class_dirs
+from common.data.images import ImageDataModule, fit_image
 from common.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 LAYOUT = (
     "<root>/<class_name>/<image>.jpg|jpeg|png|bmp|webp, one sub-folder per class (or "
-    "<root>/train/<class_name>/..., with an optional <root>/test or <root>/val beside it)"
+    "<root>/train/<class_name>/..., with <root>/val and/or <root>/test beside it)"
 )
-CACHE_VERSION = 1  # bump when decoding changes, so old caches are not reused
+CACHE_VERSION = 2  # bump when decoding or the cache's contents change, so old caches are unused
 PROGRESS_MIN_FILES = 2000  # below this, decoding takes about a second: no progress bar
 CHUNK = 256  # images per thread-pool task
+SPLITS = ("train", "val", "test")
 
 
-def class_dirs(folder: Path) -> list[str]:
-    """Sorted names of the sub-folders of `folder` that are classes (not hidden, not __MACOSX).
+def find_layout(root: Path) -> dict[str, Path | None]:
+    """The folders of the training pool, validation set and test set under `root` (None: none).
 
-    `common.resolvers.class_count` applies the same rule, without importing torch.
+    `root/train` with class folders is the pool; then `root/val` and `root/test` are the
+    validation and test sets, except that a lone `root/val` is the test set (as ImageNet's
+    validation images are everyone's test set). Otherwise `root` itself is the pool.
     """
-    return sorted(
-        e.name
-        for e in os.scandir(folder)
-        if e.is_dir() and not e.name.startswith(".") and e.name != "__MACOSX"
-    )
-
-
-def find_layout(root: Path) -> tuple[Path, Path | None]:
-    """(folder of the training pool, folder of the test set or None) under `root`."""
-    train = root / "train"
-    if train.is_dir() and class_dirs(train):
-        for name in ("test", "val"):
-            if (root / name).is_dir():
-                return train, root / name
-        return train, None
-    return root, None
+    if not (root / "train").is_dir() or not class_dirs(root / "train"):
+        return {"train": root, "val": None, "test": None}
+    val, test = ((root / name) if (root / name).is_dir() else None for name in ("val", "test"))
+    if test is None:
+        val, test = None, val
+    return {"train": root / "train", "val": val, "test": test}
 
 
 def list_images(root: Path, folder: Path, classes: list[str]) -> list[tuple[str, int, int, int]]:
@@ -61,14 +56,13 @@ def list_images(root: Path, folder: Path, classes: list[str]) -> list[tuple[str,
     must hold at least one image. Plain strings and one stat per file: 50,000 files take ~0.1 s.
     """
     files = []
-    base = os.path.relpath(folder, root)  # "." or "train", "test", "val"
+    base = os.path.relpath(folder, root)  # "." or "train", "val", "test"
     for name in class_dirs(folder):
         if name not in classes:
             raise UserError(
                 f"{folder / name} is not one of the training classes ({', '.join(classes)}): "
-                "the test folder's class folders must have the training folder's names"
+                "the val and test folders' class folders must have the training folder's names"
             )
-        label = classes.index(name)
         entries = sorted(
             (
                 e
@@ -88,40 +82,20 @@ def list_images(root: Path, folder: Path, classes: list[str]) -> list[tuple[str,
         prefix = os.path.normpath(os.path.join(base, name))
         for e in entries:
             st = e.stat()
-            files.append((os.path.join(prefix, e.name), label, st.st_size, st.st_mtime_ns))
+            files.append(
+                (os.path.join(prefix, e.name), classes.index(name), st.st_size, st.st_mtime_ns)
+            )
     return files
 
 
-def cache_key(root: Path, image_size: int, in_chans: int, *file_lists) -> str:
+def cache_key(root: Path, image_size: int, in_chans: int, file_lists: dict) -> str:
     """Hash of what the decoded tensors depend on: the folder, the output size and channels, and
-    every file's relative path, label, size and modification time (edits invalidate the cache)."""
+    every file's split, relative path, label, size and modification time (edits invalidate it)."""
     h = hashlib.sha256(f"{CACHE_VERSION}|{root.resolve()}|{image_size}|{in_chans}".encode())
-    for files in file_lists:
-        h.update(b"\n--\n")
-        h.update("\n".join("|".join(map(str, f)) for f in files).encode())
+    for split, files in file_lists.items():
+        h.update(f"\n--{split}\n".encode())
+        h.update("\n".join("|".join(map(str, f)) for f in files or []).encode())
     return h.hexdigest()[:24]
-
-
-def decode_image(path: str | Path, size: int, mode: str) -> np.ndarray:
-    """One image file -> uint8 (size, size, 3) for mode "RGB", (size, size) for mode "L".
-
-    Resized (bilinear, antialiased) so the shorter side is `size`, then center-cropped to
-    size x size; an image already size x size is not resampled. EXIF rotation is applied.
-    """
-    from PIL import Image, ImageOps
-
-    with Image.open(path) as image:
-        image.draft(mode, (size, size))  # JPEG: decode at a reduced scale when much larger
-        image = ImageOps.exif_transpose(image).convert(mode)
-    w, h = image.size
-    if (w, h) != (size, size):
-        scale = size / min(w, h)
-        rw, rh = max(size, round(w * scale)), max(size, round(h * scale))
-        if (rw, rh) != (w, h):
-            image = image.resize((rw, rh), Image.Resampling.BILINEAR)
-        left, top = round((rw - size) / 2), round((rh - size) / 2)  # as torchvision's center_crop
-        image = image.crop((left, top, left + size, top + size))
-    return np.asarray(image)
 
 
 @contextmanager
@@ -137,6 +111,14 @@ def progress_bar(total: int, description: str):
     with Progress(*columns, console=Console(stderr=True)) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n: bar.advance(task, n)
+
+
+def decode_image(path: str | Path, size: int, mode: str) -> np.ndarray:
+    """One image file -> uint8 (size, size, 3) for mode "RGB", (size, size) for "L" (`fit_image`)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return fit_image(image, size, mode)
 
 
 def decode_images(paths: list[str | Path], size: int, in_chans: int) -> torch.Tensor:
@@ -175,41 +157,23 @@ def decode_images(paths: list[str | Path], size: int, in_chans: int) -> torch.Te
     return images if mode == "L" else images.permute(0, 3, 1, 2).contiguous()
 
 
-def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel (mean, std) of uint8 images (N, H, W) or (N, C, H, W), scaled to 0..1.
-
-    Exact, from a 256-bin histogram per channel: no float copy of the whole dataset.
-    """
-    channels = images.view(len(images), 1, -1) if images.ndim == 3 else images.flatten(2)
-    values = torch.arange(256, dtype=torch.float64) / 255
-    means, stds = [], []
-    for c in range(channels.shape[1]):
-        counts = torch.bincount(channels[:, c].flatten(), minlength=256).double()
-        mean = (counts @ values) / counts.sum()
-        var = (counts @ values.square()) / counts.sum() - mean**2
-        means.append(mean.item())
-        stds.append(max(var.clamp(min=0).sqrt().item(), 1 / 255))  # a constant channel: no /0
-    return tuple(means), tuple(stds)
-
-
 class ImageFolderDataModule(ImageDataModule):
     """A folder of your own images: `root/<class_name>/*.{jpg,jpeg,png,bmp,webp}`.
 
-    Class names sorted alphabetically give the labels 0..K-1 (`class_names`). If `root/train/`
-    holds the class folders, it is the training pool and `root/test/` (else `root/val/`) the test
-    set; otherwise, and when there is no such test folder, a seeded `test_size` (fraction or
-    count) of the pool is the test set; with `test_size=0` the validation split is tested
-    (when every labelled image should train or validate). The base class splits `val_size` off
-    the rest.
+    Class names sorted alphabetically give the labels 0..K-1 (`class_names`); the folders of
+    `find_layout` give the splits, and a seeded `test_size` and `val_size` of the training pool
+    stand in for the ones the folder lacks (`test_size=0`: test on the validation split).
 
     Each image is converted to RGB (grey "L" when `in_chans=1`), resized (bilinear,
     antialiased) so its SHORTER side is `image_size`, then center-cropped to
     image_size x image_size; images already that size are not resampled. The uint8 tensors,
     (N, 3, S, S) or (N, S, S) for grey, are cached in `<data_dir>/image_folder/<key>.pt`, the
     key hashing the folder, size, channels and every file's path, size and mtime: a folder is
-    decoded once, and reloads take a fraction of a second. Normalization uses the training
-    pool's own per-channel mean and std. `num_classes` must match the number of class folders
-    (the config counts them with the `class_count` resolver).
+    decoded once (by `prepare_data`, one process per node), and reloads take a fraction of a
+    second. Normalization uses the training split's own per-channel mean and std.
+    `num_classes` must match the number of class folders (the config counts them with the
+    `class_count` resolver); `min_classes=1` takes one folder of unlabelled images (for
+    generative models).
     """
 
     name = "image folder"
@@ -218,27 +182,16 @@ class ImageFolderDataModule(ImageDataModule):
         self,
         data_dir: str,
         root: str | None = None,
-        test_size: float | int = 0.1,
-        num_classes: int = 10,
+        min_classes: int = 2,
         in_chans: int = 3,
         image_size: int = 32,
-        min_classes: int = 2,
         **kwargs,
     ):
-        kwargs.pop("download", None)  # nothing to download
-        # No fixed shape or class count to check against: the folder gives the classes, the
-        # config the image size (ImageDataModule compares with these).
-        self.classes, self.shape = num_classes, (in_chans, image_size, image_size)
-        super().__init__(
-            data_dir, num_classes=num_classes, in_chans=in_chans, image_size=image_size, **kwargs
-        )
-        if in_chans not in (1, 3):
-            raise UserError(f"data.in_chans={in_chans} must be 3 (RGB) or 1 (grey)")
-        if image_size < 1:
-            raise UserError(f"data.image_size={image_size} must be positive")
-        self.test_size, self.min_classes = test_size, min_classes
+        super().__init__(data_dir, in_chans=in_chans, image_size=image_size, **kwargs)
+        if self.image_size < 1:
+            raise UserError(f"data.image_size={self.image_size} must be positive")
+        self.min_classes = min_classes
         self.root = Path(root).expanduser() if root is not None else None
-        self.class_names: list[str] = []
         self._decoded: tuple[str, dict] | None = None  # prepare_data -> setup in one process
         if self.synthetic:
             return
@@ -255,7 +208,7 @@ class ImageFolderDataModule(ImageDataModule):
             )
 
     @property
-    def raw_dir(self) -> Path:
+    def location(self) -> Path:
         return self.root
 
     @property
@@ -267,85 +220,69 @@ class ImageFolderDataModule(ImageDataModule):
         if not self.synthetic:
             self._decoded = self._read_folder()
 
-    def load(self) -> tuple[TensorDataset, TensorDataset]:
-        if self.synthetic:
-            pool, test = super().load()
-        else:
-            _, data = self._decoded or self._read_folder()
-            self._decoded = None  # let the memory go with the datasets
-            self.class_names = list(data["classes"])
-            pool, test = TensorDataset(*data["train"]), data["test"]
-            test = TensorDataset(*test) if test is not None else None
-            if test is None:
-                pool, test = self._split_test(pool)
-        self.mean, self.std = channel_stats(pool.tensors[0])
-        return pool, test
-
-    def _split_test(self, pool: TensorDataset) -> tuple[TensorDataset, TensorDataset | None]:
-        n = len(pool)
-        size = self.test_size
-        n_test = int(round(size * n)) if size < 1 else int(size)
-        if n_test == 0:  # test on the validation split (the base class's rule for no test set)
-            return pool, None
-        if not 1 <= n_test < n:
-            raise UserError(
-                f"data.test_size={size} must leave at least one training image out "
-                f"of the {n} images in {self.root} (there is no test/ or val/ folder)"
-            )
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + 1))
-        rest, test = order[n_test:], order[:n_test]
-        return (
-            TensorDataset(*(t.index_select(0, rest) for t in pool.tensors)),
-            TensorDataset(*(t.index_select(0, test) for t in pool.tensors)),
-        )
+    def read(self) -> Splits:
+        _, data = self._decoded or self._read_folder()
+        self._decoded = None  # let the memory go with the datasets
+        self.class_names = list(data["classes"])
+        return Splits(*(TensorDataset(*data[s]) if data[s] else None for s in SPLITS))
 
     def _read_folder(self) -> tuple[str, dict]:
-        """(cache key, {"classes", "train": (images, labels), "test": (images, labels) | None})."""
-        pool_dir, test_dir = find_layout(self.root)
-        classes = class_dirs(pool_dir)
+        """(cache key, {"classes", "train", "val", "test": (images, labels) or None})."""
+        folders = find_layout(self.root)
+        classes = class_dirs(folders["train"])
         if len(classes) < max(1, self.min_classes):
             found = f"only the class folder {classes[0]!r}" if classes else "no class sub-folders"
-            one = " (data.min_classes=1: one folder of unlabelled images, for gan and vae)"
+            one = " (data.min_classes=1: one folder of unlabelled images, for generative models)"
             raise UserError(
-                f"{pool_dir} has {found}; expected {LAYOUT}, with at least "
+                f"{folders['train']} has {found}; expected {LAYOUT}, with at least "
                 f"{max(1, self.min_classes)} classes{one if classes else ''}. Set "
                 "data.root=/path/to/folder, or use data.synthetic=true"
             )
-        if test_dir is not None and not class_dirs(test_dir):
-            raise UserError(
-                f"the test folder {test_dir} has no class sub-folders; expected the training "
-                f"folder's ({', '.join(classes)}). Fill it, or remove it to hold out "
-                "data.test_size of the training images instead"
-            )
-        pool_files = list_images(self.root, pool_dir, classes)
-        test_files = list_images(self.root, test_dir, classes) if test_dir is not None else None
+        for split in ("val", "test"):
+            if folders[split] is not None and not class_dirs(folders[split]):
+                raise UserError(
+                    f"the {split} folder {folders[split]} has no class sub-folders; expected the "
+                    f"training folder's ({', '.join(classes)}). Fill it, or remove it to hold "
+                    f"out data.{split}_size of the training images instead"
+                )
+        files = {
+            split: None if folder is None else list_images(self.root, folder, classes)
+            for split, folder in folders.items()
+        }
         if len(classes) != self.num_classes:
             raise UserError(
-                f"data.num_classes={self.num_classes} but {pool_dir} has {len(classes)} class "
-                "folders; leave data.num_classes to the config, which counts them"
+                f"data.num_classes={self.num_classes} but {folders['train']} has {len(classes)} "
+                "class folders; leave data.num_classes to the config, which counts them"
             )
-        key = cache_key(self.root, self.image_size, self.in_chans, pool_files, test_files or [])
+        key = cache_key(self.root, self.image_size, self.in_chans, files)
         if self._decoded is not None and self._decoded[0] == key:
             return self._decoded
         path = self.cache_dir / f"{key}.pt"
-        sizes = {"train": len(pool_files), "test": None if test_files is None else len(test_files)}
+        sizes = {split: None if f is None else len(f) for split, f in files.items()}
         data = self._load_cache(path, classes, sizes)
         if data is None:
             data = {"version": CACHE_VERSION, "classes": classes}
-            for split, files in (("train", pool_files), ("test", test_files)):
-                if files is None:
+            for split, found in files.items():
+                if found is None:
                     data[split] = None
                     continue
-                paths = [os.path.join(self.root, f[0]) for f in files]
+                paths = [os.path.join(self.root, f[0]) for f in found]
                 images = decode_images(paths, self.image_size, self.in_chans)
-                data[split] = (images, torch.tensor([f[1] for f in files], dtype=torch.int64))
-            self._save_cache(path, data)
+                data[split] = (images, torch.tensor([f[1] for f in found], dtype=torch.int64))
+            try:
+                atomic_write(path, lambda tmp: torch.save(data, tmp))
+            except OSError as err:
+                warnings.warn(
+                    f"cannot write the image cache {path} ({err}); the folder will be decoded "
+                    "again next time",
+                    stacklevel=2,
+                )
         return key, data
 
     def _load_cache(self, path: Path, classes: list[str], sizes: dict) -> dict | None:
         """The cached tensors, or None when there is no cache or it is unusable (then rebuilt).
 
-        `sizes`: {"train": number of images, "test": number of images or None}.
+        `sizes`: {split: number of images, or None for a split the folder does not have}.
         """
         if not path.is_file():
             return None
@@ -379,17 +316,3 @@ class ImageFolderDataModule(ImageDataModule):
                 stacklevel=2,
             )
             return None
-
-    def _save_cache(self, path: Path, data: dict) -> None:
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(data, tmp)
-            os.replace(tmp, path)  # atomic: another process never reads half a file
-        except OSError as err:
-            tmp.unlink(missing_ok=True)
-            warnings.warn(
-                f"cannot write the image cache {path} ({err}); the folder will be decoded again "
-                "next time",
-                stacklevel=2,
-            )

@@ -1,14 +1,22 @@
-"""Small image datasets held in memory as uint8 tensors, normalized and augmented batch-wise."""
+"""Image datasets held in memory as uint8 tensors, normalized and augmented batch-wise on the
+training device; and one image file made into a model's input, as training saw its images."""
 
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-from common.data.base import DataModule
+from common.data.base import DataModule, Splits
+from common.data.spec import DataSpec
 from common.data.synthetic import synthetic_images
 from common.errors import UserError
+
+AUTO_AUGMENT = ("randaugment", "autoaugment")
+# data.normalize -> the (mean, std) that pixel values in [0, 1] are shifted and divided by;
+# None: the dataset's own per-channel statistics.
+NORMALIZE = {"standard": None, "symmetric": ((0.5,), (0.5,)), "unit": ((0.0,), (1.0,))}
 
 
 def flip_and_translate(
@@ -50,12 +58,6 @@ def cutout(images: torch.Tensor, size: int) -> torch.Tensor:
     return images.masked_fill(inside[:, None], 0.0)
 
 
-AUTO_AUGMENT = ("randaugment", "autoaugment")
-# data.normalize -> the (mean, std) that pixel values in [0, 1] are shifted and divided by;
-# None: the dataset's own per-channel statistics.
-NORMALIZE = {"standard": None, "symmetric": ((0.5,), (0.5,)), "unit": ((0.0,), (1.0,))}
-
-
 def auto_augment(images: torch.Tensor, policy: str, groups: int) -> torch.Tensor:
     """RandAugment or AutoAugment (CIFAR-10 policy) on a uint8 batch (B, C, H, W), on its device.
 
@@ -74,26 +76,117 @@ def auto_augment(images: torch.Tensor, policy: str, groups: int) -> torch.Tensor
     return torch.cat([transform(chunk) for chunk in chunks])
 
 
+def per_channel(values, channels: int) -> list[float]:
+    """One value per channel: a single value is repeated (grey statistics for RGB, say)."""
+    values = [float(v) for v in values]
+    return values * channels if len(values) == 1 else values
+
+
+class Normalizer:
+    """uint8 images (B, C, H, W) -> float32 (x / 255 - mean) / std, per channel, in one addcmul.
+
+    The constants are made once per device (and channel count): a fresh host tensor each step
+    would be a host-to-device copy in the hot loop.
+    """
+
+    def __init__(self, mean, std):
+        self.mean, self.std = tuple(mean), tuple(std)
+        self._constants: dict = {}
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        c, device = images.shape[1], images.device
+        if (c, device) not in self._constants:
+            mean = torch.tensor(per_channel(self.mean, c), device=device).view(1, -1, 1, 1)
+            std = torch.tensor(per_channel(self.std, c), device=device).view(1, -1, 1, 1)
+            self._constants[c, device] = (1 / (255 * std), -mean / std)
+        scale, shift = self._constants[c, device]
+        return torch.addcmul(shift, images.float(), scale)
+
+
+def channel_stats(*image_sets: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel (mean, std) of uint8 images (N, H, W) or (N, C, H, W), scaled to 0..1, over
+    all of `image_sets` together.
+
+    Exact, from a 256-bin histogram per channel: no float copy of the whole dataset.
+    """
+    sets = [s.view(len(s), 1, -1) if s.ndim == 3 else s.flatten(2) for s in image_sets]
+    values = torch.arange(256, dtype=torch.float64) / 255
+    means, stds = [], []
+    for c in range(sets[0].shape[1]):
+        counts = sum(torch.bincount(s[:, c].flatten(), minlength=256).double() for s in sets)
+        mean = (counts @ values) / counts.sum()
+        var = (counts @ values.square()) / counts.sum() - mean**2
+        means.append(mean.item())
+        stds.append(max(var.clamp(min=0).sqrt().item(), 1 / 255))  # a constant channel: no /0
+    return tuple(means), tuple(stds)
+
+
+def fit_image(image, size: int, mode: str) -> np.ndarray:
+    """A PIL image -> uint8 (size, size, 3) for mode "RGB", (size, size) for mode "L".
+
+    Resized (bilinear, antialiased) so the shorter side is `size`, then center-cropped to
+    size x size; an image already size x size is not resampled. EXIF rotation is applied.
+    """
+    from PIL import Image, ImageOps
+
+    image.draft(mode, (size, size))  # JPEG: decode at a reduced scale when much larger
+    image = ImageOps.exif_transpose(image).convert(mode)
+    w, h = image.size
+    if (w, h) != (size, size):
+        scale = size / min(w, h)
+        rw, rh = max(size, round(w * scale)), max(size, round(h * scale))
+        if (rw, rh) != (w, h):
+            image = image.resize((rw, rh), Image.Resampling.BILINEAR)
+        left, top = round((rw - size) / 2), round((rh - size) / 2)  # as torchvision's center_crop
+        image = image.crop((left, top, left + size, top + size))
+    return np.asarray(image)
+
+
+def read_image(path: str | Path, size: int, in_chans: int) -> torch.Tensor:
+    """One image file -> uint8 (in_chans, size, size), made as image folders make theirs.
+
+    Grey images become RGB by repeating the channel; a colour image for a grey model is refused
+    (which grey would it be?), as is a file that is no image: one UserError each.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except (UnidentifiedImageError, OSError) as err:
+        raise UserError(f"cannot read the image {path}: {err}") from err
+    if in_chans == 1 and image.mode not in ("L", "1", "I", "I;16", "F", "LA"):
+        rgb = np.asarray(image.convert("RGB")).astype(np.int16)  # (H, W, 3)
+        if np.abs(np.diff(rgb, axis=2)).max() > 0:  # not three copies of one grey channel
+            raise UserError(
+                f"{path} is a colour image and this model takes grey images (1 channel): "
+                "convert it to greyscale first"
+            )
+    pixels = torch.from_numpy(fit_image(image, size, "L" if in_chans == 1 else "RGB").copy())
+    return pixels[None] if in_chans == 1 else pixels.permute(2, 0, 1)  # (C, S, S)
+
+
 class ImageDataModule(DataModule):
-    """The shared part of in-memory image datasets (MNIST, CIFAR-10, digits).
+    """In-memory image datasets (MNIST, CIFAR-10, your folders): uint8 tensors on the device.
 
     Batches leave the loader as (uint8 images (B, H, W) or (B, C, H, W), int64 labels (B,)), a
     quarter of the bytes of floats; `on_after_batch_transfer` runs on the training device and
     makes normalized floats (B, C, H, W), augmented while training: `auto_augment`
     ("randaugment" | "autoaugment", on uint8), `flip`, `crop_padding` (random translation, with
-    `padding_mode` "constant" or "reflect"), then `cutout` (square size, 0 = off). Subclasses
-    name their files and read them; `synthetic=True` needs neither.
+    `padding_mode` "constant" or "reflect"), then `cutout` (square size, 0 = off).
 
-    `normalize` sets the value range: "standard" (per-channel mean 0, std 1: classifiers),
-    "symmetric" ([-1, 1]: a tanh generator's range) or "unit" ([0, 1]: Bernoulli decoders).
+    `normalize` sets the value range: "standard" (per-channel mean 0, std 1: classifiers; with
+    the dataset's published statistics, or those of the training pool, train and validation), "symmetric" ([-1, 1]: a
+    tanh generator's range) or "unit" ([0, 1]: Bernoulli decoders). A dataset with a fixed
+    `shape` and `classes` refuses other sizes unless synthetic; `synthetic=True` generates
+    learnable look-alikes (`synthetic_images`) of `synthetic_size` (train pool, test).
     """
 
     name = "images"
-    mean: tuple[float, ...] = (0.5,)
-    std: tuple[float, ...] = (0.5,)
-    shape: tuple[int, int, int] = (1, 28, 28)  # (C, H, W) of the real data
-    classes: int = 10  # of the real data
-    raw_files: tuple[str, ...] = ()
+    mean: tuple[float, ...] | None = None  # the real data's statistics; None: computed
+    std: tuple[float, ...] | None = None
+    shape: tuple[int, int, int] | None = None  # (C, H, W) of the real data; None: any
+    classes: tuple[str, ...] | None = None  # the real data's class names
 
     def __init__(
         self,
@@ -102,7 +195,6 @@ class ImageDataModule(DataModule):
         in_chans: int = 1,
         image_size: int = 28,
         synthetic_size: tuple[int, int] = (12000, 2000),
-        download: bool = True,
         flip: bool = False,
         crop_padding: int = 0,
         padding_mode: str = "constant",
@@ -113,16 +205,16 @@ class ImageDataModule(DataModule):
         **kwargs,
     ):
         super().__init__(data_dir, **kwargs)
-        real = (self.classes, *self.shape)
-        if (num_classes, in_chans, image_size, image_size) != real and not self.synthetic:
-            k, c, h, w = real
-            raise UserError(
-                f"{self.name} has {k} classes of {c}x{h}x{w} images; change data.num_classes, "
-                "data.in_chans or data.image_size only with data.synthetic=true"
-            )
-        self.num_classes, self.in_chans, self.image_size = num_classes, in_chans, image_size
-        self.synthetic_size = tuple(synthetic_size)
-        self.download = download
+        if self.shape is not None and not self.synthetic:
+            real = (len(self.classes), *self.shape)
+            if (num_classes, in_chans, image_size, image_size) != real:
+                k, c, h, w = real
+                raise UserError(
+                    f"{self.name} has {k} classes of {c}x{h}x{w} images; change data.num_classes, "
+                    "data.in_chans or data.image_size only with data.synthetic=true"
+                )
+        if in_chans not in (1, 3):
+            raise UserError(f"data.in_chans={in_chans} must be 3 (RGB) or 1 (grey)")
         if padding_mode not in ("constant", "reflect"):
             raise UserError(f"data.padding_mode={padding_mode!r} is not constant or reflect")
         if auto_augment not in (None, *AUTO_AUGMENT):
@@ -132,63 +224,33 @@ class ImageDataModule(DataModule):
             )
         if normalize not in NORMALIZE:
             raise UserError(f"data.normalize={normalize!r} is not one of " + ", ".join(NORMALIZE))
+        self.num_classes, self.in_chans, self.image_size = num_classes, in_chans, image_size
+        self.synthetic_size = tuple(synthetic_size)
         self.normalize = normalize
         self.flip, self.crop_padding, self.padding_mode = flip, crop_padding, padding_mode
-        self.cutout, self.auto_augment, self.auto_augment_groups = (
-            cutout,
-            auto_augment,
-            auto_augment_groups,
+        self.cutout = cutout
+        self.auto_augment, self.auto_augment_groups = auto_augment, auto_augment_groups
+        real_names = self.classes is not None and not self.synthetic
+        self.class_names = (
+            list(self.classes) if real_names else [str(i) for i in range(num_classes)]
         )
-        self._affine_cache: tuple = (None, None)  # (key, (scale, shift)), see `_affine`
+        self.normalizer: Normalizer | None = None  # once the statistics are known
 
-    @property
-    def raw_dir(self) -> Path:
-        raise NotImplementedError
+    def generate(self) -> Splits:
+        n_train, n_test = self.synthetic_size
+        shape = (self.in_chans, self.image_size, self.image_size)
+        shape = shape[1:] if self.in_chans == 1 else shape  # grey images are (N, H, W)
+        train = synthetic_images(n_train, self.num_classes, shape, self.seed, split_seed=0)
+        test = synthetic_images(n_test, self.num_classes, shape, self.seed, split_seed=1)
+        return Splits(TensorDataset(*train), None, TensorDataset(*test))
 
-    def read(self) -> tuple[TensorDataset, TensorDataset]:
-        """(train pool, test set) from the raw files."""
-        raise NotImplementedError
-
-    def _missing(self) -> list[str]:
-        return [f for f in self.raw_files if not (self.raw_dir / f).is_file()]
-
-    def missing_help(self) -> tuple[str, str]:
-        return (
-            f"{self.name} files missing in {self.raw_dir} (expected {', '.join(self.raw_files)})",
-            "Put the files there, or train on synthetic images with data.synthetic=true",
-        )
-
-    def load(self) -> tuple[TensorDataset, TensorDataset]:
-        if self.synthetic:
-            n_train, n_test = self.synthetic_size
-            shape = (self.in_chans, self.image_size, self.image_size)
-            shape = shape[1:] if self.in_chans == 1 else shape  # grey images are (N, H, W)
-            train = synthetic_images(n_train, self.num_classes, shape, self.seed, split_seed=0)
-            test = synthetic_images(n_test, self.num_classes, shape, self.seed, split_seed=1)
-            return TensorDataset(*train), TensorDataset(*test)
-        if self._missing():
-            self.prepare_data()  # raises the readable error when the files cannot be had
-        try:
-            return self.read()
-        except Exception as err:
-            raise UserError(
-                f"cannot read {self.name} from {self.raw_dir} ({type(err).__name__}: {err}). "
-                "Delete the folder to download again, or use data.synthetic=true"
-            ) from err
-
-    def _affine(self, channels: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(scale, shift), each (1, C, 1, 1): uint8 x -> (x / 255 - mean) / std as x * scale + shift.
-
-        Made once per device (and again if `mean`/`std` change, as digits' do on reading), not
-        per batch: a fresh host tensor each step would be a copy to the GPU in the hot loop.
-        """
-        mean, std = NORMALIZE[self.normalize] or (self.mean, self.std)
-        key = (channels, str(device), mean, std)
-        if self._affine_cache[0] != key:
-            mean = torch.tensor(mean, device=device).expand(channels).view(1, -1, 1, 1)
-            std = torch.tensor(std, device=device).expand(channels).view(1, -1, 1, 1)
-            self._affine_cache = (key, (1 / (255 * std), -mean / std))
-        return self._affine_cache[1]
+    def prepare_splits(self, train, val, test):
+        if NORMALIZE[self.normalize] is not None:
+            self.mean, self.std = NORMALIZE[self.normalize]
+        elif self.synthetic or type(self).mean is None:  # no published statistics: the pool's
+            self.mean, self.std = channel_stats(train.tensors[0], val.tensors[0])
+        self.normalizer = Normalizer(self.mean, self.std)
+        return train, val, test
 
     def transform(self, images: torch.Tensor, train: bool) -> torch.Tensor:
         """uint8 images (B, H, W) or (B, C, H, W) -> normalized floats (B, C, H, W), augmented
@@ -201,8 +263,7 @@ class ImageDataModule(DataModule):
         if train and (self.flip or self.crop_padding):
             # Before normalizing, so constant padding is black, as with torchvision's RandomCrop.
             images = flip_and_translate(images, self.flip, self.crop_padding, self.padding_mode)
-        scale, shift = self._affine(images.shape[1], images.device)
-        images = torch.addcmul(shift, images, scale)
+        images = self.normalizer(images)
         if train and self.cutout:
             images = cutout(images, self.cutout)
         return images
@@ -213,3 +274,14 @@ class ImageDataModule(DataModule):
             return images, labels
         train = self.trainer is not None and self.trainer.training
         return self.transform(images, train), labels
+
+    def spec(self) -> DataSpec:
+        c = self.in_chans
+        return DataSpec(
+            class_names=self.class_names,
+            image_size=self.image_size,
+            in_chans=c,
+            mean=per_channel(self.mean, c),
+            std=per_channel(self.std, c),
+            train_inputs=lambda n: self.transform(self.train_set.tensors[0][:n], train=False),
+        )

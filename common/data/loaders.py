@@ -1,14 +1,16 @@
-"""Batches straight from tensors held on the training device.
+"""The loader kinds' machinery: batches from tensors held on the device, unpadded evaluation
+shards, and length-bucketed batches.
 
 A DataLoader over small images pays per sample: Python indexing, a PIL transform, collate, then
 a host-to-device copy. When the whole dataset is a few uint8 tensors (CIFAR-10 is 150 MB), it can
 live in accelerator memory (or RAM on CPU): one fancy-index per batch does the same work there,
-with no worker processes and no copies, and augmentation runs batch-wise on the device too
-(`common.data.images`).
+with no worker processes and no copies, and augmentation runs batch-wise on the device too.
 """
 
+from collections.abc import Callable
+
 import torch
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import BatchSampler, Dataset, DistributedSampler, RandomSampler
 
 
 def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -23,6 +25,10 @@ class TensorLoader:
     rank draws the same permutation and takes a disjoint shard of it: strided for training (then
     cut to equal length, so all ranks step together), contiguous for evaluation (uneven lengths,
     so every sample is seen exactly once and metrics match a single process).
+
+    A batch is `make_batch(idx, host_idx)`: the batch's indices on the tensors' device and on the
+    CPU; by default the tuple `(t[idx] for t in tensors)`. Datasets of variable-size samples
+    (boxes per image) pass their own.
     """
 
     def __init__(
@@ -34,6 +40,7 @@ class TensorLoader:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        make_batch: Callable | None = None,
     ):
         n = len(tensors[0])
         if any(len(t) != n for t in tensors):
@@ -47,6 +54,7 @@ class TensorLoader:
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
+        self.make_batch = make_batch or (lambda idx, host_idx: tuple(t[idx] for t in tensors))
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -61,35 +69,32 @@ class TensorLoader:
         return self
 
     def _indices(self) -> torch.Tensor:
-        """This rank's sample indices for the epoch, on the tensors' device."""
+        """This rank's sample indices for the epoch, on the CPU."""
         n = len(self.tensors[0])
         if self.shuffle:
             # Drawn on the CPU with its own generator: the same order on every rank and device.
             gen = torch.Generator().manual_seed(self.seed + self.epoch)
             order = torch.randperm(n, generator=gen)
-            order = order[self.rank :: self.world_size][: n // self.world_size]
-        else:
-            order = torch.arange(*shard_bounds(n, self.rank, self.world_size))
-        return order.to(self.tensors[0].device)  # one small copy per epoch, not per batch
-
-    def _num_samples(self) -> int:
-        n = len(self.tensors[0])
-        if self.shuffle:
-            return n // self.world_size
-        start, stop = shard_bounds(n, self.rank, self.world_size)
-        return stop - start
+            return order[self.rank :: self.world_size][: n // self.world_size]
+        return torch.arange(*shard_bounds(n, self.rank, self.world_size))
 
     def __len__(self) -> int:
-        n = self._num_samples()
+        n = len(self.tensors[0])
+        if self.shuffle:
+            n = n // self.world_size
+        else:
+            start, stop = shard_bounds(n, self.rank, self.world_size)
+            n = stop - start
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self):
-        indices = self._indices()
+        host = self._indices()
+        indices = host.to(self.tensors[0].device)  # one small copy per epoch, not per batch
         self.epoch += 1
-        stop = len(indices) - len(indices) % self.batch_size if self.drop_last else len(indices)
+        stop = len(host) - len(host) % self.batch_size if self.drop_last else len(host)
         for start in range(0, stop, self.batch_size):
-            idx = indices[start : start + self.batch_size]
-            yield tuple(t[idx] for t in self.tensors)
+            end = start + self.batch_size
+            yield self.make_batch(indices[start:end], host[start:end])
 
 
 class UnpaddedDistributedSampler(DistributedSampler):
@@ -109,3 +114,71 @@ class UnpaddedDistributedSampler(DistributedSampler):
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+class EpochRandomSampler(RandomSampler):
+    """A random permutation per epoch, drawn from `seed + epoch`: runs repeat exactly.
+
+    Lightning calls `set_epoch` before each epoch (via `batch_sampler.sampler`); used alone, the
+    epoch advances after every pass. Being a RandomSampler, Lightning sees the loader as shuffled
+    and, under DDP, swaps in a shuffled DistributedSampler of its own (rank's disjoint shard).
+    """
+
+    def __init__(self, data_source, seed: int = 0):
+        super().__init__(data_source)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(self.seed + self.epoch)
+        self.epoch += 1
+        return iter(torch.randperm(len(self.data_source), generator=gen).tolist())
+
+
+class BucketBatchSampler(BatchSampler):
+    """Batches of similar lengths, so little of each batch is padding.
+
+    Takes the (shuffled) indices of `sampler`, sorts each chunk of `chunk_batches * batch_size`
+    of them by length, cuts the chunk into batches and shuffles the order of the full batches
+    (seeded by `seed` and the sampler's epoch); a last, smaller batch comes last. Every index of
+    the sampler appears exactly once per epoch. Under DDP the sampler is a DistributedSampler
+    (Lightning injects one through the `sampler` argument), so ranks bucket disjoint shards.
+    """
+
+    def __init__(
+        self,
+        sampler,
+        batch_size: int,
+        drop_last: bool = False,
+        lengths: list[int] | None = None,
+        chunk_batches: int = 50,
+        seed: int = 0,
+    ):
+        super().__init__(sampler, batch_size, drop_last)
+        if lengths is None:
+            raise ValueError("BucketBatchSampler needs the samples' lengths")
+        self.lengths = list(lengths)
+        self.chunk_batches = chunk_batches
+        self.seed = seed
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        epoch = getattr(self.sampler, "epoch", 0)  # read before the sampler advances it
+        indices = list(self.sampler)
+        chunk = self.batch_size * self.chunk_batches
+        batches = []
+        for start in range(0, len(indices), chunk):
+            part = sorted(indices[start : start + chunk], key=self.lengths.__getitem__)
+            batches += [part[i : i + self.batch_size] for i in range(0, len(part), self.batch_size)]
+        rest = batches.pop() if batches and len(batches[-1]) < self.batch_size else None
+        gen = torch.Generator().manual_seed(self.seed + 1_000_003 * (epoch + 1))
+        for i in torch.randperm(len(batches), generator=gen).tolist():
+            yield batches[i]
+        if rest is not None and not self.drop_last:
+            yield rest

@@ -7,6 +7,7 @@ import torch
 from torch.utils.data import TensorDataset
 from torchvision.datasets import MNIST
 
+from common.data.base import Splits
 from common.data.images import ImageDataModule
 from common.data.synthetic import synthetic_images
 
@@ -28,19 +29,22 @@ class MNISTDataModule(ImageDataModule):
     name = "MNIST"
     mean, std = (0.1307,), (0.3081,)
     shape = (1, 28, 28)
-    raw_files = RAW_FILES
+    classes = tuple(str(i) for i in range(10))
+    expected = RAW_FILES
 
     @property
-    def raw_dir(self) -> Path:
+    def location(self) -> Path:
         return Path(self.data_dir) / "MNIST" / "raw"
 
     def fetch(self) -> None:
         MNIST(self.data_dir, train=True, download=True)
         MNIST(self.data_dir, train=False, download=True)
 
-    def read(self) -> tuple[TensorDataset, TensorDataset]:
+    def read(self) -> Splits:
         train, test = MNIST(self.data_dir, train=True), MNIST(self.data_dir, train=False)
-        return TensorDataset(train.data, train.targets), TensorDataset(test.data, test.targets)
+        return Splits(
+            TensorDataset(train.data, train.targets), None, TensorDataset(test.data, test.targets)
+        )
 
 
 def write_idx(path: Path, array: torch.Tensor) -> None:

@@ -1,10 +1,10 @@
-"""CIFAR-10 classifier: channels-last convolutions, SyncBatchNorm under DDP, test-time augmentation."""
+"""CIFAR-10 classifier: channels-last convolutions, test-time augmentation, an optional compile."""
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.classifier import Classifier
+from common.classifier import ImageClassifier
 
 TTA = ("none", "flip", "flip_translate")
 
@@ -30,13 +30,11 @@ def tta_logits(net: nn.Module, x: torch.Tensor, level: str) -> torch.Tensor:
     return 0.5 * logits + 0.5 * shifted_logits
 
 
-class CIFARClassifier(Classifier):
-    """The shared classifier (label-smoothed cross-entropy, exact metrics under DDP), plus:
+class CIFARClassifier(ImageClassifier):
+    """The shared image classifier (label-smoothed cross-entropy, exact metrics under DDP,
+    `make predict`), plus:
 
     - channels-last memory layout: NHWC is what tensor-core convolutions want;
-    - under DDP on GPUs, BatchNorm becomes SyncBatchNorm, so each layer normalizes with the
-      statistics of the global batch, not the per-device slice (which shrinks as devices are
-      added). gloo on CPU has no SyncBatchNorm kernel, so there BatchNorm stays per process;
     - `tta`: test-time augmentation for validation and test ("none", "flip", "flip_translate");
     - `compile`: torch.compile the net (minutes of compiling first; pays off on long GPU runs).
     """
@@ -49,7 +47,6 @@ class CIFARClassifier(Classifier):
         scheduler=None,
         label_smoothing: float = 0.1,
         channels_last: bool = True,
-        sync_batchnorm: bool = True,
         tta: str = "none",
         compile: bool = False,
     ):
@@ -57,15 +54,11 @@ class CIFARClassifier(Classifier):
         if tta not in TTA:
             raise ValueError(f"model.tta={tta!r} is not one of {', '.join(TTA)}")
         self.channels_last = channels_last
-        self.sync_batchnorm = sync_batchnorm
         self.tta = tta
         self.compile_net = compile
 
     def setup(self, stage: str) -> None:
-        on_gpus = self.trainer.world_size > 1 and self.trainer.strategy.root_device.type == "cuda"
-        if self.sync_batchnorm and on_gpus:
-            # Before DDP wraps the model (Lightning wraps it after `setup`).
-            self.net = nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
+        super().setup(stage)
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         if self.compile_net:

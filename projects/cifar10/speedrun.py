@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 
+from common.errors import UserError
 from projects.cifar10.model import CIFARClassifier
 from projects.cifar10.nets import SpeedrunNet
 
@@ -50,22 +51,14 @@ class SpeedrunClassifier(CIFARClassifier):
         self.fit_seconds = float("nan")
 
     def setup(self, stage: str) -> None:
+        super().setup(stage)  # receives the data spec
         if stage == "fit":
             # Before DDP wraps the model: every process computes the same filters from the same
             # images, so the copies start identical. A resumed run then loads its own weights.
-            self.net.init_whitening(self._whitening_images())
-        super().setup(stage)
-
-    def _whitening_images(self) -> torch.Tensor:
-        """The first `whiten_samples` training images, normalized: (N, C, H, W) floats."""
-        datamodule = self.trainer.datamodule
-        train_set = datamodule.train_set
-        n = min(self.whiten_samples, len(train_set))
-        if hasattr(train_set, "tensors"):
-            images = train_set.tensors[0][:n]
-        else:
-            images = torch.stack([torch.as_tensor(train_set[i][0]) for i in range(n)])
-        return datamodule.transform(images, train=False)
+            if self.data_spec.train_inputs is None:
+                raise UserError("the speed recipe's whitening layer needs a datamodule's images")
+            images = self.data_spec.train_inputs(self.whiten_samples)  # (N, C, H, W) normalized
+            self.net.init_whitening(images)
 
     def on_train_batch_start(self, batch, batch_idx):
         # Filters at norm sqrt(out_channels): the BatchNorm after each conv makes the output

@@ -10,6 +10,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.detection import MeanAveragePrecision
 from torchvision.utils import draw_bounding_boxes, make_grid
 
+from common.data.images import Normalizer
 from common.errors import UserError
 from common.figures import log_figure
 from common.module import TemplateModule
@@ -24,6 +25,7 @@ class DetectionModel(TemplateModule):
     `val/map50` (mAP at IoU 0.5), `val/map` (mAP averaged over IoU 0.5:0.95, COCO's main
     number) and the same for test, through torchmetrics' MeanAveragePrecision (pycocotools);
     and, each validation, `val/predictions`: images with true (green) and predicted boxes.
+    Class names, image size and normalization come with the data spec (`TemplateModule`).
     """
 
     def __init__(
@@ -32,7 +34,6 @@ class DetectionModel(TemplateModule):
         num_classes: int,
         optimizer,
         scheduler=None,
-        class_names: list[str] | None = None,
         box_weight: float = 5.0,
         score_threshold: float = 0.05,
         iou_threshold: float = 0.5,
@@ -44,7 +45,6 @@ class DetectionModel(TemplateModule):
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"])
         self.net = net
         self.num_classes = num_classes
-        self.class_names = list(class_names or [str(i) for i in range(num_classes)])
         self.box_weight = box_weight
         self.nms = dict(
             score_threshold=score_threshold,
@@ -111,6 +111,10 @@ class DetectionModel(TemplateModule):
     def on_test_epoch_end(self):
         self._log_map("test")
 
+    @property
+    def class_names(self) -> list[str]:
+        return self.data_spec.class_names or [str(i) for i in range(self.num_classes)]
+
     def draw(self, image: torch.Tensor, prediction: dict, target: dict | None = None):
         """uint8 (3, H, W) with true boxes in green and predicted ones (score >= show_threshold)
         in red, labelled with class and score."""
@@ -135,22 +139,26 @@ class DetectionModel(TemplateModule):
         drawn = [self.draw(*args) for args in zip(pixels, predictions, targets, strict=True)]
         return make_grid(torch.stack(drawn), nrow=4, padding=2)
 
-    def predict_file(self, path: Path, datamodule, output: Path | None = None) -> str:
+    def predict_file(self, path: Path, output: Path | None = None) -> str:
         """Detect objects in one image file: write `<name>_pred.png` beside it (or `output`) with
         the boxes drawn at the image's own size; return one line per box."""
         from PIL import Image, UnidentifiedImageError
 
+        spec = self.data_spec
+        if spec.image_size is None:
+            raise UserError("this checkpoint holds no data description: train it with this repo")
         try:
             with Image.open(path) as opened:
                 original = opened.convert("RGB")
         except (UnidentifiedImageError, OSError) as err:
             raise UserError(f"cannot read the image {path}: {err}") from err
         width, height = original.size
-        size = datamodule.image_size
+        size = spec.image_size
         pixels = torch.from_numpy(np.array(original)).permute(2, 0, 1)  # (3, H, W) uint8
+        # Resized to S x S, the aspect ratio not kept: as the training images were.
         resized = F.interpolate(pixels[None].float(), size=(size, size), mode="bilinear")
-        resized = resized.round().clamp(0, 255).to(torch.uint8).to(self.device)  # (1, 3, S, S)
-        images, _ = datamodule.on_after_batch_transfer((resized, [{}]), 0)
+        resized = resized.round().clamp(0, 255).to(self.device)  # (1, 3, S, S)
+        images = Normalizer(spec.mean, spec.std)(resized)
         prediction = self.predict(self(images))[0]
         scale = torch.tensor([width / size, height / size] * 2, device=self.device)
         prediction["boxes"] = prediction["boxes"] * scale  # back to the file's pixels

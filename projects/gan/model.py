@@ -2,54 +2,19 @@
 per batch, each with its own optimizer."""
 
 from collections.abc import Callable
-from pathlib import Path
 
-import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.strategies import DDPStrategy
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torchmetrics import MeanMetric
 
 from common.errors import UserError
 from common.figures import log_image_grid
-
-INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's FID network
-
-
-def build_fid(weights: str | None):
-    """torchmetrics' FrechetInceptionDistance (2048 InceptionV3 pool features, uint8 images).
-
-    Its weights come from torch-fidelity's GitHub release into torch's hub cache, or from the
-    file `weights`; a machine with no network and no copy gets one readable error.
-    """
-    from torchmetrics.image.fid import FrechetInceptionDistance
-
-    try:
-        if weights is not None:
-            # torch-fidelity loads the file with weights_only=False: check first that it is
-            # nothing but tensors.
-            torch.load(weights, map_location="cpu", weights_only=True)
-        return FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=weights)
-    except Exception as err:  # URLError, OSError, UnpicklingError, RuntimeError...
-        cache = Path(torch.hub.get_dir()) / "checkpoints"
-        reason = " ".join(str(err).split())[:300] or type(err).__name__
-        where = weights or f"the download to {cache / INCEPTION_FILE}"
-        raise UserError(
-            f"model.fid=true needs torch-fidelity's InceptionV3 weights, and {where} failed: "
-            f"{reason}. Offline, copy {INCEPTION_FILE} (from github.com/toshas/torch-fidelity "
-            f"releases, v0.2.0) into {cache}, or set model.fid_weights=<file>; or train with "
-            "model.fid=false"
-        ) from err
+from common.module import TemplateModule
 
 
-def to_uint8_rgb(images: torch.Tensor) -> torch.Tensor:
-    """Generator-range images in [-1, 1], (B, C, H, W), -> uint8 (B, 3, H, W), as FID wants."""
-    images = ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-    return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
-
-
-class GAN(L.LightningModule):
+class GAN(TemplateModule):
     """The adversarial game of a `Generator` G and a `Discriminator` D on images in [-1, 1].
 
     Per batch of real images x and noise z: D's step lowers BCE(D(x), real) + BCE(D(G(z)),
@@ -58,8 +23,12 @@ class GAN(L.LightningModule):
 
     Logs `train/loss_d`, `train/loss_g`, and D's mean probabilities `train/d_real` = D(x) and
     `train/d_fake` = D(G(z)) (before D's step); the same on held-out images and fresh noise for
-    `val/` and `test/`, and `val/fid`, `test/fid` with `fid=True`. After each validation,
-    `val/samples`: G's images from the same fixed noise, so the grids show G learning.
+    `val/` and `test/`. After each validation, `val/samples`: G's images from the same fixed
+    noise, so the grids show G learning. FID: the `common.callbacks.FID` callback
+    (`experiment=gan_fid`), which compares `sample_images` with held-out images.
+
+    Under DDP each backward trains one net and leaves the other's parameters without gradients,
+    which DDP must be told to expect: `trainer.strategy=ddp_find_unused_parameters_true`.
     """
 
     def __init__(
@@ -69,8 +38,6 @@ class GAN(L.LightningModule):
         optimizer_g: Callable,
         optimizer_d: Callable,
         grid_size: int = 64,
-        fid: bool = False,
-        fid_weights: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(
@@ -90,11 +57,6 @@ class GAN(L.LightningModule):
         self.metrics = nn.ModuleDict(
             {f"{stage}_{name}": MeanMetric() for stage in ("val", "test") for name in names}
         )
-        # Kept out of the module tree: as a submodule, InceptionV3's ~24M weights would go into
-        # every checkpoint, and a model built without FID could not load them.
-        self.fid_weights = fid_weights
-        self.__dict__["fid"] = None
-        self.use_fid = fid
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.generator(z)
@@ -144,13 +106,15 @@ class GAN(L.LightningModule):
         self.log("train/d_real", real_logits.detach().sigmoid().mean())
         self.log("train/d_fake", fake_logits.detach().sigmoid().mean())
 
-    def setup(self, stage: str) -> None:
-        if isinstance(self.trainer.strategy, DDPStrategy):
-            # Each backward trains one net and gives the other's parameters no gradient, which
-            # DDP (wrapping the module right after this hook) must be told to expect.
-            self.trainer.strategy._ddp_kwargs["find_unused_parameters"] = True
-        if self.use_fid and self.fid is None:
-            self.__dict__["fid"] = build_fid(self.fid_weights)
+    def on_fit_start(self) -> None:
+        # DDP has wrapped the module by now; find_unused_parameters is torch's public attribute.
+        wrapped = self.trainer.strategy.model
+        if isinstance(wrapped, DistributedDataParallel) and not wrapped.find_unused_parameters:
+            raise UserError(
+                "under DDP the GAN needs trainer.strategy=ddp_find_unused_parameters_true (or "
+                "ddp_spawn_find_unused_parameters_true): each of its two backward passes leaves "
+                "one net without gradients"
+            )
 
     def evaluate(self, batch, batch_idx: int, stage: str) -> None:
         real, _ = batch
@@ -168,10 +132,6 @@ class GAN(L.LightningModule):
             metric = self.metrics[f"{stage}_{name}"]
             metric.update(value, weight=len(real))
             self.log(f"{stage}/{name}", metric, prog_bar=name == "d_real" and stage == "val")
-        if self.fid is not None:
-            self.fid.to(self.device)
-            self.fid.update(to_uint8_rgb(real), real=True)
-            self.fid.update(to_uint8_rgb(fake), real=False)
 
     def validation_step(self, batch, batch_idx):
         self.evaluate(batch, batch_idx, "val")
@@ -179,17 +139,8 @@ class GAN(L.LightningModule):
     def test_step(self, batch, batch_idx):
         self.evaluate(batch, batch_idx, "test")
 
-    def log_fid(self, stage: str) -> None:
-        if self.fid is not None:
-            self.log(f"{stage}/fid", self.fid.compute())  # synced over processes
-            self.fid.reset()
-
     def on_validation_epoch_end(self):
-        self.log_fid("val")
         log_image_grid(self, "val/samples", (self.generator(self.fixed_noise) + 1) / 2)
-
-    def on_test_epoch_end(self):
-        self.log_fid("test")
 
     def sample_images(self, n: int, seed: int = 0) -> torch.Tensor:
         """n images from N(0, I) noise, values in [0, 1], (n, C, H, W) (`make sample`)."""

@@ -1,13 +1,14 @@
-"""MNIST classifier: the shared classifier plus a confusion matrix each validation."""
+"""MNIST classifier: the shared image classifier plus a confusion matrix each validation."""
 
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from common.classifier import Classifier
+from common.classifier import ImageClassifier
 from common.figures import confusion_matrix_figure, log_figure
 
 
-class MNISTClassifier(Classifier):
-    """Cross-entropy and accuracy (from `Classifier`); `val/confusion_matrix` as a figure."""
+class MNISTClassifier(ImageClassifier):
+    """Cross-entropy, accuracy and `make predict` (from `ImageClassifier`);
+    `val/confusion_matrix` as a figure."""
 
     def __init__(
         self, net, num_classes: int, optimizer, scheduler=None, label_smoothing: float = 0.0
@@ -23,4 +24,8 @@ class MNISTClassifier(Classifier):
         matrix = self.val_confusion.compute()  # (K, K), synced across processes
         self.val_confusion.reset()
         if not self.trainer.sanity_checking:
-            log_figure(self, "val/confusion_matrix", confusion_matrix_figure(matrix))
+            log_figure(
+                self,
+                "val/confusion_matrix",
+                confusion_matrix_figure(matrix, self.data_spec.class_names),
+            )

@@ -1,14 +1,13 @@
 """A convolutional VAE's encoder and decoder: plain nn.Modules, no Lightning, no config.
 
-The conv stacks are DCGAN's (`projects/gan/nets.py`): the encoder halves the image like the
-discriminator, the decoder doubles it like the generator, for the same image sizes
-(s * 2**k with 4 <= s <= 7: 28, 32, 64, ...).
+The conv stacks are the shared strided ones (`common/conv.py`): the encoder halves the image in
+every layer, the decoder doubles it, for image sizes s * 2**k with 4 <= s <= 7 (28, 32, 64, ...).
 """
 
 import torch
 from torch import nn
 
-from projects.gan.nets import down_stack, up_stack
+from common.conv import down_stack, up_stack
 
 
 class ConvVAE(nn.Module):

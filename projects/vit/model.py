@@ -1,6 +1,6 @@
-"""Vision Transformer classifier: the shared classifier with AdamW-style parameter groups."""
+"""Vision Transformer classifier: the shared image classifier with AdamW-style parameter groups."""
 
-from common.classifier import Classifier
+from common.classifier import ImageClassifier
 
 # Parameters that carry no weight decay: biases and LayerNorm scales (ndim < 2) and the learned
 # embeddings (ours and torchvision's names). Decaying them pulls positions and the class token
@@ -8,9 +8,9 @@ from common.classifier import Classifier
 NO_DECAY = ("pos_embed", "cls_token", "class_token")
 
 
-class ViTClassifier(Classifier):
-    """Label-smoothed cross-entropy and exact metrics (from `Classifier`), and the optimizer's
-    weight decay applied to weight matrices only.
+class ViTClassifier(ImageClassifier):
+    """Label-smoothed cross-entropy, exact metrics and `make predict` (from `ImageClassifier`),
+    and the optimizer's weight decay applied to weight matrices only.
 
     An optimizer that routes parameters by name (Muon, `model/optimizer=muon`) gets the named
     parameters instead and makes its own groups.

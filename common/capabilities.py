@@ -1,0 +1,71 @@
+"""What a model can do beyond training: one small Protocol per capability.
+
+An entry point (`make predict`, `make sample`, ...) checks its capability with `require`, which
+names the projects that have it when the model does not. A project gains a capability by
+defining the method on its LightningModule: nothing is registered anywhere else. A model learns
+what it needs of its data (class names, normalization, tokenizer) from its `data_spec`, which
+its checkpoint carries, so none of these needs the data.
+"""
+
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import torch
+from omegaconf import OmegaConf
+
+from common.errors import UserError
+from common.resolvers import REPO_ROOT
+
+
+@runtime_checkable
+class PredictsFile(Protocol):
+    """`make predict input=<file>`: run on one file (an image, say), prepared as in training."""
+
+    def predict_file(self, path: Path, output: Path | None) -> str:
+        """The text to print; a result file (an annotated image) goes to `output`, or beside
+        `path` when None. Unreadable input is a UserError."""
+        ...
+
+
+@runtime_checkable
+class PredictsText(Protocol):
+    """`make predict text="..."`: run on one text."""
+
+    def predict_text(self, text: str) -> str:
+        """The text to print (a label and its probability, say)."""
+        ...
+
+
+@runtime_checkable
+class SamplesImages(Protocol):
+    """`make sample`: draw new images from a generative model."""
+
+    def sample_images(self, n: int, seed: int) -> torch.Tensor:
+        """n images (n, C, H, W) with values in [0, 1]; the same seed draws the same images."""
+        ...
+
+
+def model_class(project: str) -> type:
+    """The LightningModule class a project trains: configs/project/<project>.yaml picks
+    `/model: <m>`, whose configs/model/<m>.yaml names the class in `_target_`."""
+    from hydra.utils import get_class
+
+    configs = REPO_ROOT / "configs"
+    project_cfg = OmegaConf.to_container(OmegaConf.load(configs / "project" / f"{project}.yaml"))
+    defaults = project_cfg.get("defaults", [])
+    (model,) = (d["/model"] for d in defaults if isinstance(d, dict) and "/model" in d)
+    return get_class(OmegaConf.load(configs / "model" / f"{model}.yaml")._target_)
+
+
+def projects_with(capability: type) -> list[str]:
+    """The projects whose model has `capability`, sorted."""
+    names = sorted(p.stem for p in (REPO_ROOT / "configs" / "project").glob("*.yaml"))
+    return [name for name in names if issubclass(model_class(name), capability)]
+
+
+def require(model, capability: type, project: str, doing: str) -> None:
+    """A UserError unless `model` has `capability`; `doing` says what was asked ("sample
+    images"), and the message names the projects that can."""
+    if not isinstance(model, capability):
+        able = ", ".join(projects_with(capability)) or "none yet"
+        raise UserError(f"project '{project}' cannot {doing}; the projects that can: {able}")
