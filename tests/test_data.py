@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from common.data import TensorLoader
+from common.data import DataModule, Splits, TensorLoader
 from common.data.base import split
 from common.data.mnist import RAW_FILES, MNISTDataModule, write_synthetic_mnist
 from common.data.synthetic import synthetic_images
@@ -113,6 +113,44 @@ def test_dataloader_path_gives_the_same_batches_shapes(tmp_path):
     dm.setup("fit")
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (128, 28, 28) and x.dtype == torch.uint8 and y.dtype == torch.int64
+
+
+# --- the source contract ---------------------------------------------------------------------------
+
+
+class Fetching(DataModule):
+    """A new source as a contributor would write one: its file, its download, its reader."""
+
+    name = "fetching"
+    expected = ("numbers.pt",)
+
+    def fetch(self) -> None:
+        self.fetches = getattr(self, "fetches", 0) + 1
+        torch.save(torch.arange(40.0), self.location / "numbers.pt")
+
+    def read(self) -> Splits:
+        x = torch.load(self.location / "numbers.pt", weights_only=True)
+        return Splits(TensorDataset(x, x * 2))
+
+
+def test_a_new_source_downloads_in_prepare_data_only(tmp_path):
+    dm = Fetching(str(tmp_path), batch_size=4, test_size=8)
+    with pytest.raises(UserError, match=r"fetching files missing in .* \(expected numbers.pt\)"):
+        dm.setup("fit")  # setup runs on every DDP process: it never downloads
+    assert not hasattr(dm, "fetches")
+    dm.prepare_data()
+    dm.prepare_data()  # the files are there now: no second download
+    dm.setup("fit")
+    assert dm.fetches == 1
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (29, 3, 8)
+    offline = Fetching(str(tmp_path / "empty"), download=False)
+    with pytest.raises(UserError, match="data.download=false. Put the files there"):
+        offline.prepare_data()
+
+
+def test_a_source_without_a_synthetic_version_says_so(tmp_path):
+    with pytest.raises(UserError, match="fetching has no synthetic version"):
+        Fetching(str(tmp_path), synthetic=True).setup("fit")
 
 
 # --- MNIST -------------------------------------------------------------------------------------

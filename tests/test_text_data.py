@@ -211,6 +211,9 @@ def test_csv_errors(tmp_path):
     _write(tmp_path / "cols.csv", _review_rows(header=("review", "sentiment")))
     with pytest.raises(UserError, match=r"\['review', 'sentiment'\].*'text' and 'label'"):
         TextCSVDataModule(str(tmp_path), path=str(tmp_path / "cols.csv")).setup()
+    (tmp_path / "latin1.csv").write_bytes("text,label\ncaf\xe9 cr\xe8me,x\n".encode("latin-1"))
+    with pytest.raises(UserError, match="latin1.csv .* is not UTF-8 text"):
+        TextCSVDataModule(str(tmp_path), path=str(tmp_path / "latin1.csv")).setup()
     (tmp_path / "empty.csv").write_text("")
     with pytest.raises(UserError, match="empty.csv"):
         TextCSVDataModule(str(tmp_path), path=str(tmp_path / "empty.csv")).setup()

@@ -176,9 +176,11 @@ class DataModule(L.LightningDataModule):
         except UserError:
             raise
         except Exception as err:
+            downloaded = type(self).fetch is not DataModule.fetch
+            fix = "Delete it to download again" if downloaded else "Fix or replace the files"
             raise UserError(
                 f"cannot read {self.name} from {self.location} ({type(err).__name__}: {err}). "
-                f"Delete it to download again, or {self.alternative}"
+                f"{fix}, or {self.alternative}"
             ) from err
 
     # --- splits -----------------------------------------------------------------------------------

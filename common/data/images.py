@@ -109,7 +109,7 @@ def channel_stats(*image_sets: torch.Tensor) -> tuple[tuple[float, ...], tuple[f
 
     Exact, from a 256-bin histogram per channel: no float copy of the whole dataset.
     """
-    sets = [s.view(len(s), 1, -1) if s.ndim == 3 else s.flatten(2) for s in image_sets]
+    sets = [s.view(len(s), 1, -1) if s.ndim == 3 else s.flatten(2) for s in image_sets if len(s)]
     values = torch.arange(256, dtype=torch.float64) / 255
     means, stds = [], []
     for c in range(sets[0].shape[1]):

@@ -248,17 +248,22 @@ class TextCSVDataModule(TextDataModule):
         if not file.is_file():
             raise UserError(f"{switch}={self.paths[split]}: no such file")
         delimiter = self.delimiter or ("\t" if file.suffix.lower() in (".tsv", ".tab") else ",")
-        with open(file, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f, delimiter=delimiter)
-            found = reader.fieldnames or []
-            missing = [c for c in (self.text_column, self.label_column) if c not in found]
-            if missing:
-                raise UserError(
-                    f"{file} has columns {found} (delimiter {delimiter!r}), expected "
-                    f"{self.text_column!r} and {self.label_column!r}: set data.text_column / "
-                    "data.label_column (or data.delimiter)"
-                )
-            rows = [(r[self.text_column], r[self.label_column]) for r in reader]
+        try:
+            with open(file, newline="", encoding="utf-8") as f:
+                reader = csv.DictReader(f, delimiter=delimiter)
+                found = reader.fieldnames or []
+                missing = [c for c in (self.text_column, self.label_column) if c not in found]
+                if missing:
+                    raise UserError(
+                        f"{file} has columns {found} (delimiter {delimiter!r}), expected "
+                        f"{self.text_column!r} and {self.label_column!r}: set data.text_column / "
+                        "data.label_column (or data.delimiter)"
+                    )
+                rows = [(r[self.text_column], r[self.label_column]) for r in reader]
+        except UnicodeDecodeError as err:
+            raise UserError(
+                f"{file} ({switch}) is not UTF-8 text ({err}): save it as UTF-8"
+            ) from err
         rows = [(t or "", (y or "").strip()) for t, y in rows if (y or "").strip()]
         if not rows:
             raise UserError(f"{file} ({switch}) has no labelled rows")

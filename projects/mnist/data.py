@@ -6,6 +6,7 @@ from torch.utils.data import TensorDataset
 
 from common.data.base import Splits
 from common.data.images import ImageDataModule
+from common.errors import UserError
 
 
 class DigitsDataModule(ImageDataModule):
@@ -20,6 +21,8 @@ class DigitsDataModule(ImageDataModule):
 
     def __init__(self, data_dir: str, test_size: float | int = 0.2, **kwargs):
         super().__init__(data_dir, test_size=test_size, **kwargs)
+        if self.in_chans != 1 and not self.synthetic:
+            raise UserError("the digits are grey: data.in_chans=1")
 
     def read(self) -> Splits:
         from sklearn.datasets import load_digits
