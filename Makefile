@@ -57,10 +57,10 @@ $(VERBS): $(PY)
 new: $(PY) ## Start a project from the template: make new NAME=<name>
 	@$(PY) -m common.scaffold "$(NAME)"
 
-test: $(PY) ## The suite CI runs (minutes on 2 CPU cores)
+test: $(PY) ## The quick loop: every tier but the slow tests (minutes on 2 CPU cores)
 	$(PY) -m pytest -m "not slow" $(ARGS)
 
-test-all: $(PY) ## Every test, the slow process-level ones included
+test-all: $(PY) ## Every test, the slow ones included: what CI runs
 	$(PY) -m pytest $(ARGS)
 
 bench: $(PY) ## Benchmarks: make-train stack vs plain loop (ARGS go to it), tensor loader vs DataLoader
