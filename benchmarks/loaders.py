@@ -92,7 +92,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
 
-    common = dict(synthetic=True, synthetic_size=(args.samples, 100), val_size=0)
+    common = dict(synthetic=True, synthetic_size=(args.samples + 1, 100), val_size=1)
     mnist = MNISTDataModule("unused", batch_size=args.batch_size, **common)
     mnist_per_sample = transforms.Compose(
         [transforms.ToTensor(), transforms.Normalize(mnist.mean, mnist.std)]

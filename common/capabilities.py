@@ -45,22 +45,27 @@ class SamplesImages(Protocol):
         ...
 
 
-def model_class(project: str) -> type:
+def model_class(project: str) -> type | None:
     """The LightningModule class a project trains: configs/project/<project>.yaml picks
-    `/model: <m>`, whose configs/model/<m>.yaml names the class in `_target_`."""
+    `/model: <m>`, whose configs/model/<m>.yaml names the class in `_target_`; None when that
+    cannot be read off the files."""
     from hydra.utils import get_class
 
     configs = REPO_ROOT / "configs"
-    project_cfg = OmegaConf.to_container(OmegaConf.load(configs / "project" / f"{project}.yaml"))
-    defaults = project_cfg.get("defaults", [])
-    (model,) = (d["/model"] for d in defaults if isinstance(d, dict) and "/model" in d)
-    return get_class(OmegaConf.load(configs / "model" / f"{model}.yaml")._target_)
+    try:
+        project_cfg = OmegaConf.load(configs / "project" / f"{project}.yaml")
+        defaults = OmegaConf.to_container(project_cfg).get("defaults", [])
+        (model,) = (d["/model"] for d in defaults if isinstance(d, dict) and "/model" in d)
+        return get_class(OmegaConf.load(configs / "model" / f"{model}.yaml")._target_)
+    except Exception:  # another layout, a broken file: leave the project out of the list
+        return None
 
 
 def projects_with(capability: type) -> list[str]:
     """The projects whose model has `capability`, sorted."""
     names = sorted(p.stem for p in (REPO_ROOT / "configs" / "project").glob("*.yaml"))
-    return [name for name in names if issubclass(model_class(name), capability)]
+    classes = {name: model_class(name) for name in names}
+    return [name for name, cls in classes.items() if cls and issubclass(cls, capability)]
 
 
 def require(model, capability: type, project: str, doing: str) -> None:

@@ -1,7 +1,9 @@
 """Evaluate a checkpoint on a project's test set: `python -m common.eval project=mnist ckpt_path=...`.
 
-The model is rebuilt from the config stored in the checkpoint (so training overrides such as
-`model.net.width=64` need not be repeated); data, trainer and loggers come from this command line.
+The model and its data are rebuilt from the config stored in the checkpoint, so training
+overrides such as `model.net.width=64` or `seed=1` (which sets the splits, and a text project's
+tokenizer) need not be repeated; `data.<key>=` overrides still apply, and `data=<name>` tests on
+other data. Trainer and loggers come from this command line.
 """
 
 import hydra
@@ -9,6 +11,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig
 
+from common.data import DataSpec
 from common.errors import UserError, exit_on_user_error
 from common.instantiate import (
     instantiate_callbacks,
@@ -18,7 +21,13 @@ from common.instantiate import (
     print_config_tree,
 )
 from common.resolvers import register_resolvers
-from common.runs import load_checkpoint, resolve_ckpt_path, save_run_files, saved_config
+from common.runs import (
+    checkpoint_data,
+    load_checkpoint,
+    resolve_ckpt_path,
+    save_run_files,
+    saved_config,
+)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -26,13 +35,16 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     ckpt_path = resolve_ckpt_path(cfg)
     if ckpt_path is None:
         raise UserError("eval needs a checkpoint: ckpt_path=<file>, or ckpt_path=last")
-    model_cfg = saved_config(cfg, load_checkpoint(ckpt_path), ckpt_path).model
+    checkpoint = load_checkpoint(ckpt_path)
+    saved = saved_config(cfg, checkpoint, ckpt_path)
     if cfg.get("print_config"):
         print_config_tree(cfg)
     save_run_files(cfg, cfg.paths.output_dir)
 
-    datamodule = instantiate(cfg.data)
-    model = instantiate_model(model_cfg)
+    datamodule = instantiate(checkpoint_data(cfg, saved))
+    if "data_spec" in checkpoint:  # its tokenizer, its normalization
+        datamodule.adopt(DataSpec.from_dict(checkpoint["data_spec"]))
+    model = instantiate_model(saved.model)
     trainer = instantiate_trainer(
         cfg, callbacks=instantiate_callbacks(cfg), logger=instantiate_loggers(cfg)
     )

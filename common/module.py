@@ -8,6 +8,7 @@ import lightning as L
 import torch
 
 from common.data import DataModule, DataSpec
+from common.errors import UserError
 
 
 class TemplateModule(L.LightningModule):
@@ -47,10 +48,26 @@ class TemplateModule(L.LightningModule):
         checkpoint["data_spec"] = self.data_spec.to_dict()  # plain values: weights_only loads it
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        # A resumed or tested run keeps the live datamodule's spec; a model loaded on its own
-        # (make predict, make sample) takes the saved one.
-        if "data_spec" in checkpoint and not self._spec_from_datamodule:
-            self.use_data(DataSpec.from_dict(checkpoint["data_spec"]))
+        saved = checkpoint.get("data_spec")
+        if saved is None:
+            return
+        if not self._spec_from_datamodule:  # loaded on its own: make predict, make sample
+            self.use_data(DataSpec.from_dict(saved))
+            return
+        # A resumed or tested run keeps the live datamodule's spec: it must describe the data
+        # the weights learned, or every token id or class index would mean something else.
+        live = self.data_spec
+        if saved.get("tokenizer") and live.tokenizer and saved["tokenizer"] != live.tokenizer:
+            raise UserError(
+                "the data's tokenizer is not the one this checkpoint was trained with (other "
+                "training texts, seed or vocab_size): use the data it was trained on"
+            )
+        names = saved.get("class_names")
+        if names and live.class_names and len(names) != len(live.class_names):
+            raise UserError(
+                f"the checkpoint was trained on {len(names)} classes and the data has "
+                f"{len(live.class_names)}: use the data it was trained on"
+            )
 
     def optimizer_params(self):
         """What the optimizer is called with: the parameters, or (name, parameter) pairs for an

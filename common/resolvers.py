@@ -30,6 +30,13 @@ def class_count(root: str | None, default: int) -> int:
     return classes(folder / "train") or classes(folder) or default
 
 
+def ddp_strategy(name: str, find_unused_parameters: bool) -> str:
+    """Lightning's strategy name for `name` ("ddp", "ddp_spawn"), in its variant that expects
+    parameters without gradients in a step when `find_unused_parameters`, for
+    `strategy: ${ddp_strategy:ddp,${find_unused_parameters}}` in the trainer configs."""
+    return f"{name}_find_unused_parameters_true" if find_unused_parameters else name
+
+
 def register_resolvers() -> None:
     """Idempotent: safe to call from every entry point and test."""
     if not OmegaConf.has_resolver("repo_root"):
@@ -40,3 +47,5 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("run_id", lambda: secrets.token_hex(3), use_cache=True)
     if not OmegaConf.has_resolver("class_count"):
         OmegaConf.register_new_resolver("class_count", class_count)
+    if not OmegaConf.has_resolver("ddp_strategy"):
+        OmegaConf.register_new_resolver("ddp_strategy", ddp_strategy)

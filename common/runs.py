@@ -1,5 +1,6 @@
 """Run directories: what a launch leaves behind, and how a later launch finds it again."""
 
+import inspect
 import platform
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import lightning as L
 import torch
 import yaml
 from hydra.core.hydra_config import HydraConfig
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from omegaconf import DictConfig, OmegaConf
 
 from common.errors import UserError
@@ -106,6 +107,32 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     return str(path)
 
 
+def drop_retired_keys(node: DictConfig) -> DictConfig:
+    """A saved model or data config without the keys its class no longer takes, so that a
+    checkpoint written by an older version of the code still loads (a warning names them)."""
+    from hydra.utils import get_class
+
+    cls = get_class(node._target_)
+    taken, kinds = set(), (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    for klass in cls.__mro__:  # the constructors that **kwargs pass the keys on to
+        if "__init__" not in klass.__dict__:
+            continue
+        params = inspect.signature(klass.__init__).parameters.values()
+        taken |= {p.name for p in params if p.kind in kinds}
+        if all(p.kind != inspect.Parameter.VAR_KEYWORD for p in params):
+            break
+    else:
+        return node  # takes anything
+    retired = [key for key in node if key not in taken and not str(key).startswith("_")]
+    if retired:
+        rank_zero_warn(
+            f"ignoring {', '.join(map(str, retired))} of {cls.__name__}: the checkpoint "
+            "was saved by an older version of the code"
+        )
+        node = OmegaConf.masked_copy(node, [k for k in node if k not in retired])
+    return node
+
+
 def saved_config(cfg: DictConfig, checkpoint: dict, ckpt_path: str) -> DictConfig:
     """The resolved config a checkpoint was trained with (`ConfigInCheckpoint`), after checking
     that it belongs to this command's project; this command's config for older checkpoints."""
@@ -115,4 +142,27 @@ def saved_config(cfg: DictConfig, checkpoint: dict, ckpt_path: str) -> DictConfi
             f"{ckpt_path} was trained by project '{saved['name']}', not '{cfg.name}': "
             f"run it with PROJECT={saved['name']}"
         )
-    return OmegaConf.create(saved) if saved else cfg
+    if not saved:
+        return cfg
+    saved = OmegaConf.create(saved)
+    for key in ("model", "data"):
+        if "_target_" in saved.get(key, {}):
+            saved[key] = drop_retired_keys(saved[key])
+    return saved
+
+
+def checkpoint_data(cfg: DictConfig, saved: DictConfig) -> DictConfig:
+    """The data to test a checkpoint on: the data config it was trained with (so its seed, its
+    splits, its tokenizer), with this command's data folder and its `data.<key>=` overrides on
+    top. `data=<name>` on the command line chooses other data: then this command's config."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    typed = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    keys = [o.key_or_group for o in OverridesParser.create().parse_overrides(typed)]
+    if saved is cfg or any(k == "data" or k.startswith("data/") for k in keys):
+        return cfg.data
+    data = OmegaConf.create(OmegaConf.to_container(saved.data))
+    for key in ["data.data_dir", *keys]:
+        if key.startswith("data.") and OmegaConf.select(cfg, key) is not None:
+            OmegaConf.update(data, key[len("data.") :], OmegaConf.select(cfg, key), force_add=True)
+    return data

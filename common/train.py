@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from omegaconf import DictConfig, OmegaConf
 
 from common.callbacks import ConfigInCheckpoint
+from common.data import DataSpec
 from common.errors import UserError, exit_on_user_error
 from common.instantiate import (
     instantiate_callbacks,
@@ -38,7 +39,7 @@ def check_sweep_strategy(cfg: DictConfig) -> None:
         return
     strategy = str(cfg.trainer.get("strategy", ""))
     launcher = HydraConfig.get().runtime.choices.get("hydra/launcher", "basic")
-    if strategy.startswith("ddp") and strategy != "ddp_spawn" and launcher == "basic":
+    if strategy.startswith("ddp") and not strategy.startswith("ddp_spawn") and launcher == "basic":
         raise UserError(
             f"a local sweep (-m) cannot use trainer.strategy={strategy}: every process would run "
             "the sweep itself. Use trainer=ddp_spawn, or hydra/launcher=slurm (one job per point)."
@@ -60,10 +61,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
         print_config_tree(cfg)
     save_run_files(cfg, cfg.paths.output_dir)
     ckpt_path = resolve_ckpt_path(cfg)
-    if ckpt_path:
-        load_checkpoint(ckpt_path)  # a missing or corrupt file: one message, before any work
+    # A missing or corrupt file: one message, before any work.
+    saved_spec = (load_checkpoint(ckpt_path) if ckpt_path else {}).get("data_spec")
 
     datamodule = instantiate(cfg.data)
+    if saved_spec is not None:  # resuming: the checkpoint's tokenizer, its normalization
+        datamodule.adopt(DataSpec.from_dict(saved_spec))
     model = instantiate_model(cfg.model)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     callbacks = [*instantiate_callbacks(cfg), ConfigInCheckpoint(resolved)]

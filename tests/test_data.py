@@ -85,9 +85,17 @@ def test_split_is_seeded_disjoint_and_sized():
     assert not torch.equal(val.tensors[0], split(ds, 0.2, seed=1)[1].tensors[0])
 
 
-def test_split_rejects_a_validation_set_that_takes_everything():
+def test_split_rejects_a_validation_set_that_takes_everything_or_nothing():
     with pytest.raises(UserError, match="val_size"):
         split(TensorDataset(torch.arange(10)), 10, seed=0)
+    with pytest.raises(UserError, match="data.val_size=0.01 of 10 samples rounds to none"):
+        split(TensorDataset(torch.arange(10)), 0.01, seed=0)
+
+
+def test_training_without_validation_samples_is_a_user_error(tmp_path):
+    dm = RegressionDataModule(str(tmp_path), val_size=0)
+    with pytest.raises(UserError, match="no validation samples .data.val_size=0."):
+        dm.setup("fit")
 
 
 def test_global_batch_is_split_across_processes(tmp_path):
@@ -171,6 +179,18 @@ def test_synthetic_mnist_has_the_real_shapes_dtypes_and_ranges(tmp_path):
     # Synthetic digits have no published statistics: the training pool's own make them standard.
     assert abs(images.mean()) < 0.2 and 0.8 < images.std() < 1.2
     assert torch.equal(labels, y)
+
+
+def test_a_checkpoints_normalization_is_adopted(tmp_path):
+    """Testing or resuming a checkpoint normalizes as its training did, not as this data would."""
+    from common.data import DataSpec
+
+    dm = MNISTDataModule(str(tmp_path), synthetic=True, synthetic_size=(200, 50), val_size=20)
+    dm.adopt(DataSpec(mean=[0.25], std=[0.5]))
+    dm.setup("fit")
+    x, _ = next(iter(dm.train_dataloader()))
+    assert dm.spec().mean == [0.25] and dm.spec().std == [0.5]
+    assert torch.allclose(dm.transform(x, train=False), (x[:, None] / 255 - 0.25) / 0.5)
 
 
 def test_synthetic_data_is_seeded_and_splits_share_classes():

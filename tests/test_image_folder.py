@@ -9,7 +9,8 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 import common.data.image_folder as image_folder
-from common.data.image_folder import ImageFolderDataModule, decode_image, decode_images
+from common.data.image_folder import ImageFolderDataModule, decode_images
+from common.data.images import decode_image
 from common.errors import UserError
 from common.resolvers import class_count, register_resolvers
 

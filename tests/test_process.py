@@ -142,22 +142,49 @@ def test_train_then_eval_reproduces_the_test_metric(config):
         "trainer.max_epochs=2",
         "model.net.width=8",
         "logger=csv",
+        "seed=1",
     )
     trained = train(cfg)
     best = next(Path(cfg.paths.output_dir, "checkpoints").glob("epoch_*.ckpt"))
-    # A different net width on the command line: eval must rebuild the checkpoint's own net.
+    # Another net width and no seed on the command line: eval rebuilds the checkpoint's own net
+    # and its own data (the seed draws the synthetic images).
     eval_cfg = config(
-        "project=mnist",
-        "data.synthetic=true",
-        "data.synthetic_size=[3000,500]",
-        f"ckpt_path={best}",
-        "logger=csv",
-        "model.net.width=32",
-        name="eval",
+        "project=mnist", f"ckpt_path={best}", "logger=csv", "model.net.width=32", name="eval"
     )
     evaluated = evaluate(eval_cfg)
     assert evaluated["test/acc"] == pytest.approx(trained["test/acc"], abs=1e-6)
     assert evaluated["test/loss"] == pytest.approx(trained["test/loss"], rel=1e-5)
+
+
+def test_eval_of_a_checkpoint_saved_by_older_code_drops_the_retired_keys(config):
+    cfg = config("project=linreg", "trainer.max_epochs=1", "logger=csv")
+    trained = train(cfg)
+    last = Path(cfg.paths.output_dir, "checkpoints", "last.ckpt")
+    state = torch.load(last, weights_only=True)
+    state["config"]["model"]["sync_batchnorm"] = True  # a key of an older version
+    state["config"]["data"]["bucket"] = True
+    torch.save(state, last)
+    with pytest.warns(UserWarning, match="ignoring sync_batchnorm of LinearRegression"):
+        evaluated = evaluate(
+            config("project=linreg", f"ckpt_path={last}", "logger=csv", name="eval")
+        )
+    assert evaluated["test/r2"] == pytest.approx(trained["test/r2"], abs=1e-6)
+
+
+def test_eval_data_is_the_checkpoints_with_the_command_lines_data_overrides(config):
+    from common.runs import checkpoint_data, load_checkpoint, saved_config
+
+    cfg = config("project=linreg", "trainer.max_epochs=1", "logger=csv", "seed=7")
+    train(cfg)
+    last = str(Path(cfg.paths.output_dir, "checkpoints", "last.ckpt"))
+
+    def eval_data(*overrides):
+        eval_cfg = config("project=linreg", f"ckpt_path={last}", *overrides, name="eval")
+        return checkpoint_data(eval_cfg, saved_config(eval_cfg, load_checkpoint(last), last))
+
+    data = eval_data("data.test_size=100")
+    assert (data.seed, data.test_size, data.num_samples) == (7, 100, 4000)  # trained seed kept
+    assert eval_data("data=diabetes").source == "diabetes"  # other data, this command's config
 
 
 def test_resume_from_last_continues_the_epoch_count(config, tmp_path):

@@ -67,6 +67,26 @@ def test_saved_tokenizer_reused_and_new_for_new_texts(tmp_path, monkeypatch):
     assert dm.tokenizer is not None
 
 
+def test_under_ddp_only_rank_0_trains_the_tokenizer(tmp_path, monkeypatch):
+    """WordPiece training is not deterministic, so ranks training their own would disagree on
+    token ids: rank 1 takes rank 0's tokenizer from the broadcast and trains none."""
+    from types import SimpleNamespace
+
+    rank0 = SyntheticSentiment(str(tmp_path / "node0"), **SMALL)
+    rank0.setup("fit")
+    shared = rank0.tokenizer.to_str()
+
+    def fail(*args, **kwargs):
+        raise AssertionError("rank 1 trained a tokenizer")
+
+    monkeypatch.setattr(text, "train_tokenizer", fail)
+    strategy = SimpleNamespace(broadcast=lambda obj, src: shared)  # what rank 0 sends
+    rank1 = SyntheticSentiment(str(tmp_path / "node1"), **SMALL)  # a folder with no tokenizer
+    rank1.trainer = SimpleNamespace(global_rank=1, world_size=2, strategy=strategy)
+    rank1.setup("fit")
+    assert rank1.tokenizer.to_str() == shared
+
+
 def test_collate_pads_dynamically():
     batch = [(torch.tensor([2, 5, 6]), torch.tensor(1)), (torch.tensor([2, 7]), torch.tensor(0))]
     tokens, lengths, labels = collate(batch)

@@ -58,6 +58,7 @@ class FID(Callback):
     def __init__(self, weights: str | None = None):
         self.weights = weights
         self.metric = None
+        self._unnormalize = None  # (std, mean), each (1, C, 1, 1) on the device
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if not isinstance(pl_module, SamplesImages):
@@ -70,14 +71,23 @@ class FID(Callback):
 
     def _update(self, trainer, pl_module, batch, batch_idx: int) -> None:
         real = batch[0]  # (B, C, H, W), normalized as the data spec says
-        spec = pl_module.data_spec
-        mean = torch.tensor(spec.mean, device=real.device).view(1, -1, 1, 1)
-        std = torch.tensor(spec.std, device=real.device).view(1, -1, 1, 1)
+        if self._unnormalize is None:  # once: the constants, and the metric on the device
+            spec = pl_module.data_spec
+            if spec.mean is None:
+                raise UserError(
+                    "FID needs the data's normalization: train with an image datamodule"
+                )
+            mean, std = (
+                torch.tensor(v, device=real.device).view(1, -1, 1, 1) for v in (spec.mean, spec.std)
+            )
+            self._unnormalize = (std, mean)
+            self.metric.to(real.device)
         fake = pl_module.sample_images(
             len(real), seed=batch_idx * trainer.world_size + trainer.global_rank
         )
-        self.metric.to(real.device)
-        self.metric.update(to_uint8_rgb(real * std + mean), real=True)
+        self.metric.update(
+            to_uint8_rgb(torch.addcmul(self._unnormalize[1], real, self._unnormalize[0])), real=True
+        )
         self.metric.update(to_uint8_rgb(fake), real=False)
 
     def _log(self, pl_module, stage: str) -> None:

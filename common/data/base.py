@@ -58,6 +58,8 @@ def split(dataset: Dataset, size: float | int, seed: int, key: str = "data.val_s
     k = int(round(size * n)) if size < 1 else int(size)
     if not 0 <= k < n:
         raise UserError(f"{key}={size} leaves no training data out of {n} samples")
+    if size > 0 and k == 0:
+        raise UserError(f"{key}={size} of {n} samples rounds to none: hold out a larger share")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return subset(dataset, order[k:]), subset(dataset, order[:k])
 
@@ -97,7 +99,7 @@ class DataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        data_dir: str,
+        data_dir: str | None = None,  # where the source's files live (None: it reads none)
         batch_size: int = 128,
         val_size: float | int = 0.1,
         test_size: float | int = 0.0,
@@ -167,12 +169,12 @@ class DataModule(L.LightningDataModule):
     def load(self) -> Splits:
         """`generate()` or `read()`; missing or unreadable files are one UserError."""
         if self.synthetic:
-            return Splits(*self.generate())
+            return self._checked(self.generate())
         if self.missing():  # `prepare_data` did not run here, or did not bring them
             what, fix = self._missing_message()
             raise UserError(f"{what}. {fix}")
         try:
-            return Splits(*self.read())
+            splits = self.read()
         except UserError:
             raise
         except Exception as err:
@@ -182,6 +184,12 @@ class DataModule(L.LightningDataModule):
                 f"cannot read {self.name} from {self.location} ({type(err).__name__}: {err}). "
                 f"{fix}, or {self.alternative}"
             ) from err
+        return self._checked(splits)
+
+    def _checked(self, splits: Splits) -> Splits:
+        if not isinstance(splits, Splits):  # a bare (pool, test) would test on validation data
+            raise TypeError(f"{type(self).__name__}'s source must return Splits(train, val, test)")
+        return splits
 
     # --- splits -----------------------------------------------------------------------------------
 
@@ -209,6 +217,11 @@ class DataModule(L.LightningDataModule):
                 train, test = split(train, self.test_size, seed, "data.test_size")
             if val is None:
                 train, val = split(train, self.val_size, self.seed)
+            if not len(val) and stage in ("fit", None):
+                raise UserError(
+                    f"{self.name} has no validation samples (data.val_size={self.val_size}): the "
+                    "checkpoint and early stopping watch a validation metric"
+                )
             splits = self.prepare_splits(train, val, val if test is None else test)
             self.train_set, self.val_set, self.test_set = splits
         if self.loader == "device" and self.trainer is not None:
@@ -217,6 +230,12 @@ class DataModule(L.LightningDataModule):
     def spec(self) -> DataSpec:
         """What a model may know about this data (after `setup`)."""
         return DataSpec(class_names=self.class_names)
+
+    def adopt(self, spec: DataSpec) -> None:
+        """Before `setup`: take what a trained model's spec fixed (a tokenizer, normalization
+        statistics) instead of deriving it again, so that testing or resuming a checkpoint
+        feeds the model the inputs it learned from. Nothing here; sources that derive such
+        things override it."""
 
     # --- loaders ----------------------------------------------------------------------------------
 

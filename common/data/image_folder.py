@@ -19,7 +19,7 @@ from torch.utils.data import TensorDataset
 
 from common.data.base import Splits
 from common.data.files import atomic_write, class_dirs
-from common.data.images import ImageDataModule, fit_image
+from common.data.images import ImageDataModule, decode_image
 from common.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -111,14 +111,6 @@ def progress_bar(total: int, description: str):
     with Progress(*columns, console=Console(stderr=True)) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n: bar.advance(task, n)
-
-
-def decode_image(path: str | Path, size: int, mode: str) -> np.ndarray:
-    """One image file -> uint8 (size, size, 3) for mode "RGB", (size, size) for "L" (`fit_image`)."""
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return fit_image(image, size, mode)
 
 
 def decode_images(paths: list[str | Path], size: int, in_chans: int) -> torch.Tensor:

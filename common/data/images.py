@@ -142,8 +142,20 @@ def fit_image(image, size: int, mode: str) -> np.ndarray:
     return np.asarray(image)
 
 
+def decode_image(path: str | Path, size: int, mode: str) -> np.ndarray:
+    """One image file -> uint8 (size, size, 3) for mode "RGB", (size, size) for "L" (`fit_image`)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return fit_image(image, size, mode)
+
+
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+
+
 def read_image(path: str | Path, size: int, in_chans: int) -> torch.Tensor:
-    """One image file -> uint8 (in_chans, size, size), made as image folders make theirs.
+    """One image file -> uint8 (in_chans, size, size), decoded exactly as image folders decode
+    theirs (`decode_image`).
 
     Grey images become RGB by repeating the channel; a colour image for a grey model is refused
     (which grey would it be?), as is a file that is no image: one UserError each.
@@ -152,17 +164,19 @@ def read_image(path: str | Path, size: int, in_chans: int) -> torch.Tensor:
 
     try:
         with Image.open(path) as image:
-            image.load()
+            colour = in_chans == 1 and image.mode not in GREY_MODES
+            if colour:  # an RGB file can hold a grey image: three equal channels
+                image.draft("RGB", (size, size))
+                rgb = np.asarray(image.convert("RGB")).astype(np.int16)  # (H, W, 3)
+                colour = np.abs(np.diff(rgb, axis=2)).max() > 0
+        pixels = torch.from_numpy(decode_image(path, size, "L" if in_chans == 1 else "RGB"))
     except (UnidentifiedImageError, OSError) as err:
         raise UserError(f"cannot read the image {path}: {err}") from err
-    if in_chans == 1 and image.mode not in ("L", "1", "I", "I;16", "F", "LA"):
-        rgb = np.asarray(image.convert("RGB")).astype(np.int16)  # (H, W, 3)
-        if np.abs(np.diff(rgb, axis=2)).max() > 0:  # not three copies of one grey channel
-            raise UserError(
-                f"{path} is a colour image and this model takes grey images (1 channel): "
-                "convert it to greyscale first"
-            )
-    pixels = torch.from_numpy(fit_image(image, size, "L" if in_chans == 1 else "RGB").copy())
+    if colour:
+        raise UserError(
+            f"{path} is a colour image and this model takes grey images (1 channel): "
+            "convert it to greyscale first"
+        )
     return pixels[None] if in_chans == 1 else pixels.permute(2, 0, 1)  # (C, S, S)
 
 
@@ -176,8 +190,9 @@ class ImageDataModule(DataModule):
     `padding_mode` "constant" or "reflect"), then `cutout` (square size, 0 = off).
 
     `normalize` sets the value range: "standard" (per-channel mean 0, std 1: classifiers; with
-    the dataset's published statistics, or those of the training pool, train and validation), "symmetric" ([-1, 1]: a
-    tanh generator's range) or "unit" ([0, 1]: Bernoulli decoders). A dataset with a fixed
+    the dataset's published statistics, or those of the training pool, train and validation),
+    "symmetric" ([-1, 1]: a tanh generator's range) or "unit" ([0, 1]: Bernoulli decoders).
+    A dataset with a fixed
     `shape` and `classes` refuses other sizes unless synthetic; `synthetic=True` generates
     learnable look-alikes (`synthetic_images`) of `synthetic_size` (train pool, test).
     """
@@ -190,7 +205,7 @@ class ImageDataModule(DataModule):
 
     def __init__(
         self,
-        data_dir: str,
+        data_dir: str | None = None,
         num_classes: int = 10,
         in_chans: int = 1,
         image_size: int = 28,
@@ -235,6 +250,7 @@ class ImageDataModule(DataModule):
             list(self.classes) if real_names else [str(i) for i in range(num_classes)]
         )
         self.normalizer: Normalizer | None = None  # once the statistics are known
+        self.adopted_stats: tuple | None = None  # a checkpoint's (mean, std) (`adopt`)
 
     def generate(self) -> Splits:
         n_train, n_test = self.synthetic_size
@@ -244,8 +260,14 @@ class ImageDataModule(DataModule):
         test = synthetic_images(n_test, self.num_classes, shape, self.seed, split_seed=1)
         return Splits(TensorDataset(*train), None, TensorDataset(*test))
 
+    def adopt(self, spec: DataSpec) -> None:
+        if spec.mean is not None:
+            self.adopted_stats = (tuple(spec.mean), tuple(spec.std))
+
     def prepare_splits(self, train, val, test):
-        if NORMALIZE[self.normalize] is not None:
+        if self.adopted_stats is not None:  # a checkpoint's: the inputs it learned from
+            self.mean, self.std = self.adopted_stats
+        elif NORMALIZE[self.normalize] is not None:
             self.mean, self.std = NORMALIZE[self.normalize]
         elif self.synthetic or type(self).mean is None:  # no published statistics: the pool's
             self.mean, self.std = channel_stats(train.tensors[0], val.tensors[0])

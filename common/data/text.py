@@ -164,6 +164,7 @@ class TextDataModule(DataModule):
         self.max_length = max_length
         self.configured_names = None if class_names is None else [str(c) for c in class_names]
         self.tokenizer = None
+        self.adopted_tokenizer: str | None = None  # a checkpoint's, as JSON (`adopt`)
 
     def names(self, found: list[str]) -> list[str]:
         """The configured `class_names` (one per class found) when given, else `found`."""
@@ -172,10 +173,30 @@ class TextDataModule(DataModule):
             raise UserError(f"data.class_names has {len(names)} names for {len(found)} classes")
         return list(names)
 
+    def adopt(self, spec: DataSpec) -> None:
+        self.adopted_tokenizer = spec.tokenizer
+
+    def fit_tokenizer(self, texts: list[str]):
+        """The run's tokenizer: an adopted one, or the one saved for these training texts, or one
+        trained on them. HF's WordPiece training is not deterministic (two runs on the same
+        texts tie-break merges differently), so under DDP only rank 0 trains and the others
+        receive its tokenizer."""
+        from tokenizers import Tokenizer
+
+        if self.adopted_tokenizer is not None:
+            return Tokenizer.from_str(self.adopted_tokenizer)
+        trainer, tokenizer = self.trainer, None
+        if trainer is None or trainer.global_rank == 0:
+            name = "synthetic" if self.synthetic else self.name
+            path = tokenizer_path(self.data_dir, name, texts, self.vocab_size)
+            tokenizer = load_or_train_tokenizer(path, texts, self.vocab_size)
+        if trainer is None or trainer.world_size == 1:
+            return tokenizer
+        shared = trainer.strategy.broadcast(tokenizer.to_str() if tokenizer else None, src=0)
+        return Tokenizer.from_str(shared)
+
     def prepare_splits(self, train: Texts, val: Texts, test: Texts):
-        name = "synthetic" if self.synthetic else self.name
-        path = tokenizer_path(self.data_dir, name, train.texts, self.vocab_size)
-        self.tokenizer = load_or_train_tokenizer(path, train.texts, self.vocab_size)
+        self.tokenizer = self.fit_tokenizer(train.texts)
         encoded = {}  # test may be val itself: encoded once
         for split in (train, val, test):
             if id(split) not in encoded:

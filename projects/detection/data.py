@@ -98,8 +98,8 @@ def resolve_class_names(
     dataset: str, known: tuple[str, ...], num_classes: int, class_names: list[str] | None
 ) -> list[str]:
     """The names labels 0..K-1 stand for: the dataset's own (`known`), or `class_names` shown
-    in their place. `num_classes` and the config's names must agree with the dataset's K: they
-    are in the data config so that the model's config can interpolate them."""
+    in their place (the model gets them in its data spec). `num_classes` must be the dataset's
+    K: the model's config reads it to size the net."""
     k = len(known)
     if num_classes != k:
         raise UserError(f"{dataset} has {k} classes ({', '.join(known)}): data.num_classes={k}")
@@ -148,7 +148,12 @@ class DetectionDataModule(DataModule):
     collate_fn = staticmethod(collate)
 
     def __init__(
-        self, data_dir: str, class_names: list[str], image_size: int, flip: bool = True, **kwargs
+        self,
+        data_dir: str | None,
+        class_names: list[str],
+        image_size: int,
+        flip: bool = True,
+        **kwargs,
     ):
         super().__init__(data_dir, **kwargs)
         self.class_names = list(class_names)
@@ -194,7 +199,7 @@ class ShapesDataModule(DetectionDataModule):
 
     def __init__(
         self,
-        data_dir: str,
+        data_dir: str | None = None,
         num_classes: int = 3,
         class_names: list[str] | None = None,
         image_size: int = 128,

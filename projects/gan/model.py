@@ -28,7 +28,8 @@ class GAN(TemplateModule):
     (`experiment=gan_fid`), which compares `sample_images` with held-out images.
 
     Under DDP each backward trains one net and leaves the other's parameters without gradients,
-    which DDP must be told to expect: `trainer.strategy=ddp_find_unused_parameters_true`.
+    which DDP must be told to expect: the project sets `find_unused_parameters: true`, so
+    `trainer=ddp` picks Lightning's `ddp_find_unused_parameters_true`.
     """
 
     def __init__(
@@ -111,9 +112,9 @@ class GAN(TemplateModule):
         wrapped = self.trainer.strategy.model
         if isinstance(wrapped, DistributedDataParallel) and not wrapped.find_unused_parameters:
             raise UserError(
-                "under DDP the GAN needs trainer.strategy=ddp_find_unused_parameters_true (or "
-                "ddp_spawn_find_unused_parameters_true): each of its two backward passes leaves "
-                "one net without gradients"
+                "under DDP the GAN needs trainer.strategy=ddp_find_unused_parameters_true (which "
+                "trainer=ddp sets for this project): each of its two backward passes leaves one "
+                "net without gradients"
             )
 
     def evaluate(self, batch, batch_idx: int, stage: str) -> None:

@@ -26,8 +26,8 @@ class ClosedFormBaseline(Callback):
 
     def on_test_epoch_end(self, trainer, pl_module):
         dm = trainer.datamodule
-        x_train, y_train = dm.train_set.tensors
-        x_test, y_test = dm.test_set.tensors
+        x_train, y_train = (t.cpu() for t in dm.train_set.tensors)  # on a GPU with loader=device
+        x_test, y_test = (t.cpu() for t in dm.test_set.tensors)
         w_ls, b_ls = least_squares(x_train, y_train)
         w_model = pl_module.net.weight.detach().cpu().squeeze(0)  # (F,)
         b_model = float(pl_module.net.bias.detach().cpu())

@@ -26,7 +26,7 @@ class RegressionDataModule(DataModule):
 
     def __init__(
         self,
-        data_dir: str,
+        data_dir: str | None = None,
         source: str = "synthetic",
         num_features: int = 8,
         num_samples: int = 4000,

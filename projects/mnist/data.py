@@ -19,7 +19,7 @@ class DigitsDataModule(ImageDataModule):
     name = "digits"
     classes = tuple(str(i) for i in range(10))
 
-    def __init__(self, data_dir: str, test_size: float | int = 0.2, **kwargs):
+    def __init__(self, data_dir: str | None = None, test_size: float | int = 0.2, **kwargs):
         super().__init__(data_dir, test_size=test_size, **kwargs)
         if self.in_chans != 1 and not self.synthetic:
             raise UserError("the digits are grey: data.in_chans=1")

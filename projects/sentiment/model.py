@@ -4,6 +4,7 @@ import torch
 from torchmetrics.classification import MulticlassF1Score
 
 from common.classifier import Classifier
+from common.data import DataSpec
 from common.errors import UserError
 
 
@@ -33,6 +34,18 @@ class SentimentClassifier(Classifier):
         f1(preds, batch[2])
         self.log(f"{stage}/f1", f1)
         return preds
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        if (
+            "tokenizer" in checkpoint
+            and "data_spec" not in checkpoint
+            and self.data_spec.tokenizer is None
+        ):
+            # Written before data specs: the tokenizer sat beside the weights, the rest in the config.
+            data = checkpoint.get("config", {}).get("data", {})
+            tokenizer, names = checkpoint["tokenizer"], data.get("class_names")
+            self.use_data(DataSpec(names, tokenizer=tokenizer, max_length=data.get("max_length")))
 
     def predict_text(self, text: str) -> str:
         """The label of one text and its probability, with the run's own tokenizer."""

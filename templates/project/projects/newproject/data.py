@@ -24,7 +24,7 @@ class NewProjectData(DataModule):
 
     def __init__(
         self,
-        data_dir: str,
+        data_dir: str | None = None,
         num_classes: int = 4,
         num_features: int = 16,
         noise: float = 1.0,
