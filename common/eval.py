@@ -37,11 +37,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         raise UserError("eval needs a checkpoint: ckpt_path=<file>, or ckpt_path=last")
     checkpoint = load_checkpoint(ckpt_path)
     saved = saved_config(cfg, checkpoint, ckpt_path)
+    cfg.data = checkpoint_data(cfg, saved)  # so the run's config.yaml says what was tested
     if cfg.get("print_config"):
         print_config_tree(cfg)
     save_run_files(cfg, cfg.paths.output_dir)
 
-    datamodule = instantiate(checkpoint_data(cfg, saved))
+    datamodule = instantiate(cfg.data)
     if "data_spec" in checkpoint:  # its tokenizer, its normalization
         datamodule.adopt(DataSpec.from_dict(checkpoint["data_spec"]))
     model = instantiate_model(saved.model)

@@ -138,7 +138,7 @@ class DataModule(L.LightningDataModule):
     @property
     def location(self) -> Path:
         """The folder the source's files live in."""
-        return Path(self.data_dir)
+        return Path(self.data_dir or ".")
 
     def missing(self) -> list[str]:
         """What of `expected` is absent (nothing, for data that needs no files)."""
