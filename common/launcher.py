@@ -5,7 +5,7 @@ predict, sample, ...): found on disk, so a new verb is those two files and no ed
 
 GNU make keeps command-line `key=value` words in the MAKEFLAGS environment variable, after
 ` -- `, newest first, with spaces escaped as `\\ `, backslashes doubled and `$` doubled. This
-parser undoes that, so `make train PROJECT=vit a.b=1 'c=[0,1]' 'd=x y'` reaches Hydra exactly as
+parser undoes that, so `make train PROJECT=<name> a.b=1 'c=[0,1]' 'd=x y'` reaches Hydra exactly as
 typed. UPPERCASE words are make's own (PROJECT, ARGS, DRY); everything else goes to Hydra.
 
 Kept free of torch imports so errors here (unknown project) come back instantly.
@@ -147,7 +147,7 @@ def main(argv: list[str]) -> int:
         )
         return 2
 
-    project = os.environ.get("PROJECT", "mnist")
+    project = os.environ.get("PROJECT", "")  # the Makefile's, with its default
     known = projects()
     if project not in known:
         print(

@@ -1,6 +1,5 @@
 """OmegaConf resolvers used by the config tree. Registered by the entry points, not on import."""
 
-import os
 import secrets
 from pathlib import Path
 
@@ -12,22 +11,17 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 def class_count(root: str | None, default: int) -> int:
     """Class sub-folders of an image folder (of `root/train` when that holds them), for
     `num_classes: ${class_count:${data.root},10}`; `default` when root is unset, not a folder or
-    has none (the datamodule then says what is wrong). Same rule as
-    `common.data.image_folder.class_dirs`: hidden folders and __MACOSX are not classes."""
+    has none (the datamodule then says what is wrong). The folders are `class_dirs`, the rule
+    the image-folder datamodule labels by."""
+    from common.data.files import class_dirs
+
     if root is None:
         return default
     folder = Path(str(root)).expanduser()
-
-    def classes(path: Path) -> int:
-        if not path.is_dir():
-            return 0
-        return sum(
-            1
-            for e in os.scandir(path)
-            if e.is_dir() and not e.name.startswith(".") and e.name != "__MACOSX"
-        )
-
-    return classes(folder / "train") or classes(folder) or default
+    for path in (folder / "train", folder):
+        if path.is_dir() and class_dirs(path):
+            return len(class_dirs(path))
+    return default
 
 
 def ddp_strategy(name: str, find_unused_parameters: bool) -> str:

@@ -132,6 +132,7 @@ class DataModule(L.LightningDataModule):
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
+        self.adopted = DataSpec()  # a checkpoint's spec, when testing or resuming it (`adopt`)
 
     # --- the source -----------------------------------------------------------------------------
 
@@ -232,10 +233,11 @@ class DataModule(L.LightningDataModule):
         return DataSpec(class_names=self.class_names)
 
     def adopt(self, spec: DataSpec) -> None:
-        """Before `setup`: take what a trained model's spec fixed (a tokenizer, normalization
-        statistics) instead of deriving it again, so that testing or resuming a checkpoint
-        feeds the model the inputs it learned from. Nothing here; sources that derive such
-        things override it."""
+        """Before `setup`: keep what a trained model's spec fixed, so that sources that derive
+        such things (a tokenizer, normalization statistics) in `prepare_splits` take
+        `self.adopted`'s instead, and testing or resuming a checkpoint feeds the model the
+        inputs it learned from."""
+        self.adopted = spec
 
     # --- loaders ----------------------------------------------------------------------------------
 

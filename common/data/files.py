@@ -1,7 +1,5 @@
-"""Files on disk: the class-folder rule, atomic writes, and download-or-explain.
-
-Free of torch imports: `common.resolvers` counts class folders with the same rule.
-"""
+"""Files on disk: the class-folder rule (the image-folder datamodule and the `class_count`
+resolver share it), atomic writes, and download-or-explain."""
 
 import os
 from collections.abc import Callable

@@ -250,7 +250,6 @@ class ImageDataModule(DataModule):
             list(self.classes) if real_names else [str(i) for i in range(num_classes)]
         )
         self.normalizer: Normalizer | None = None  # once the statistics are known
-        self.adopted_stats: tuple | None = None  # a checkpoint's (mean, std) (`adopt`)
 
     def generate(self) -> Splits:
         n_train, n_test = self.synthetic_size
@@ -260,13 +259,9 @@ class ImageDataModule(DataModule):
         test = synthetic_images(n_test, self.num_classes, shape, self.seed, split_seed=1)
         return Splits(TensorDataset(*train), None, TensorDataset(*test))
 
-    def adopt(self, spec: DataSpec) -> None:
-        if spec.mean is not None:
-            self.adopted_stats = (tuple(spec.mean), tuple(spec.std))
-
     def prepare_splits(self, train, val, test):
-        if self.adopted_stats is not None:  # a checkpoint's: the inputs it learned from
-            self.mean, self.std = self.adopted_stats
+        if self.adopted.mean is not None:  # a checkpoint's: the inputs it learned from
+            self.mean, self.std = tuple(self.adopted.mean), tuple(self.adopted.std)
         elif NORMALIZE[self.normalize] is not None:
             self.mean, self.std = NORMALIZE[self.normalize]
         elif self.synthetic or type(self).mean is None:  # no published statistics: the pool's

@@ -164,7 +164,6 @@ class TextDataModule(DataModule):
         self.max_length = max_length
         self.configured_names = None if class_names is None else [str(c) for c in class_names]
         self.tokenizer = None
-        self.adopted_tokenizer: str | None = None  # a checkpoint's, as JSON (`adopt`)
 
     def names(self, found: list[str]) -> list[str]:
         """The configured `class_names` (one per class found) when given, else `found`."""
@@ -173,9 +172,6 @@ class TextDataModule(DataModule):
             raise UserError(f"data.class_names has {len(names)} names for {len(found)} classes")
         return list(names)
 
-    def adopt(self, spec: DataSpec) -> None:
-        self.adopted_tokenizer = spec.tokenizer
-
     def fit_tokenizer(self, texts: list[str]):
         """The run's tokenizer: an adopted one, or the one saved for these training texts, or one
         trained on them. HF's WordPiece training is not deterministic (two runs on the same
@@ -183,8 +179,8 @@ class TextDataModule(DataModule):
         receive its tokenizer."""
         from tokenizers import Tokenizer
 
-        if self.adopted_tokenizer is not None:
-            return Tokenizer.from_str(self.adopted_tokenizer)
+        if self.adopted.tokenizer is not None:
+            return Tokenizer.from_str(self.adopted.tokenizer)
         trainer, tokenizer = self.trainer, None
         if trainer is None or trainer.global_rank == 0:
             name = "synthetic" if self.synthetic else self.name
