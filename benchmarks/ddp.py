@@ -38,7 +38,7 @@ def worker(processes: int, args) -> None:
         f"trainer.accelerator={args.accelerator}",
         "callbacks.lr_monitor=null",  # it needs a logger; none here
         "callbacks.progress_bar=null",
-        "+trainer.enable_progress_bar=false",
+        "trainer.enable_progress_bar=false",
     ]
     cfg = bench_config(out, args.steps, args.batch_size, overrides, project=args.project)
     L.seed_everything(cfg.seed, verbose=False)

@@ -2,17 +2,20 @@
 
 The model and its data are rebuilt from the config stored in the checkpoint, so training
 overrides such as `model.net.width=64` or `seed=1` (which sets the splits, and a text project's
-tokenizer) need not be repeated; `data.<key>=` overrides still apply, and `data=<name>` tests on
-other data. Trainer and loggers come from this command line.
+tokenizer) need not be repeated. `data.<key>=` overrides still apply and `data=<name>` tests on
+other data; `model.<key>=` overrides apply when the weights still fit (test-time options), and are
+refused when they do not. Trainer and loggers come from this command line.
 """
 
-import hydra
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig
 
+from common import console, signals
+from common.callbacks import RunNotes
 from common.data import DataSpec
-from common.errors import UserError, exit_on_user_error
+from common.entry import entry
+from common.errors import UserError
 from common.instantiate import (
     instantiate_callbacks,
     instantiate_loggers,
@@ -20,14 +23,27 @@ from common.instantiate import (
     instantiate_trainer,
     print_config_tree,
 )
-from common.resolvers import register_resolvers
 from common.runs import (
     checkpoint_data,
+    checkpoint_model,
     load_checkpoint,
+    load_weights,
     resolve_ckpt_path,
     save_run_files,
     saved_config,
 )
+
+
+def describe_data(data: DictConfig, from_checkpoint: bool) -> str:
+    """One line: which data a test runs on, and whose config chose it."""
+    settings = {
+        k: data[k]
+        for k in ("synthetic", "data_dir", "root", "path", "test_path", "seed")
+        if data.get(k) not in (None, False)
+    }
+    shown = ", ".join(f"{k}={v}" for k, v in settings.items())
+    whose = "the checkpoint's data config" if from_checkpoint else "this command's data config"
+    return f"testing on {data._target_.rsplit('.', 1)[-1]}({shown}): {whose}"
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -37,7 +53,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         raise UserError("eval needs a checkpoint: ckpt_path=<file>, or ckpt_path=last")
     checkpoint = load_checkpoint(ckpt_path)
     saved = saved_config(cfg, checkpoint, ckpt_path)
-    cfg.data = checkpoint_data(cfg, saved)  # so the run's config.yaml says what was tested
+    data = checkpoint_data(cfg, saved)
+    model_cfg, changed = checkpoint_model(cfg, saved)
+    from_checkpoint = data is not cfg.data
+    cfg.data, cfg.model = data, model_cfg  # so the run's config.yaml says what was tested
     if cfg.get("print_config"):
         print_config_tree(cfg)
     save_run_files(cfg, cfg.paths.output_dir)
@@ -45,21 +64,25 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     datamodule = instantiate(cfg.data)
     if "data_spec" in checkpoint:  # its tokenizer, its normalization
         datamodule.adopt(DataSpec.from_dict(checkpoint["data_spec"]))
-    model = instantiate_model(saved.model)
-    trainer = instantiate_trainer(
-        cfg, callbacks=instantiate_callbacks(cfg), logger=instantiate_loggers(cfg)
-    )
+    model = instantiate_model(cfg.model)
+    load_weights(model, checkpoint, changed)  # refuses overrides the weights no longer fit
+    if changed:
+        rank_zero_info(f"applied to the checkpoint's model: {', '.join(changed)}")
+    rank_zero_info(describe_data(cfg.data, from_checkpoint))
+    callbacks = [*instantiate_callbacks(cfg), RunNotes()]
+    trainer = instantiate_trainer(cfg, callbacks=callbacks, logger=instantiate_loggers(cfg))
+    signals.watch(trainer)
     trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    console.record(f"metrics: {metrics}")
     rank_zero_info(f"run directory: {cfg.paths.output_dir}")
-    return {k: float(v) for k, v in trainer.callback_metrics.items()}
+    return metrics
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="eval")
-@exit_on_user_error
+@entry("eval")
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 
 
 if __name__ == "__main__":
-    register_resolvers()
     main()

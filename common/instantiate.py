@@ -10,13 +10,15 @@ import rich.tree
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.fabric.plugins import CheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from common.errors import UserError
+from common.integrity import IntegrityCheckpointIO
 
 
 def instantiate_all(group: DictConfig | None) -> list:
@@ -45,9 +47,16 @@ def instantiate_loggers(cfg: DictConfig) -> list[Logger]:
 
 
 def instantiate_trainer(cfg: DictConfig, **kwargs) -> L.Trainer:
-    """The Trainer; asking for hardware this machine lacks is a user error that says what it has."""
+    """The Trainer, its checkpoints carrying a sha256 of their contents that every load checks
+    (`common.integrity`); asking for hardware this machine lacks is a user error."""
+    given = cfg.trainer.get("plugins")
+    given = [] if given is None else given if isinstance(given, ListConfig) else [given]
+    plugins = [instantiate(p) for p in given]
+    if not any(isinstance(p, CheckpointIO) for p in plugins):
+        plugins.append(IntegrityCheckpointIO())
     try:
-        trainer = instantiate(cfg.trainer, **kwargs)
+        # _convert_: Lightning wants a list of plugins, not an OmegaConf ListConfig.
+        trainer = instantiate(cfg.trainer, plugins=plugins, _convert_="all", **kwargs)
     except InstantiationException as err:
         if not isinstance(err.__cause__, MisconfigurationException | RuntimeError | ValueError):
             raise

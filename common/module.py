@@ -91,7 +91,17 @@ class TemplateModule(L.LightningModule):
             # OneCycleLR peaks at each group's own lr, so groups keep their ratios (Muon's
             # matrices and its fallback; a backbone trained slower than a new head).
             kwargs["max_lr"] = [group["lr"] for group in optimizer.param_groups]
-        scheduler = self.scheduler_factory(optimizer=optimizer, **kwargs)
+        try:
+            scheduler = self.scheduler_factory(optimizer=optimizer, **kwargs)
+        except (ZeroDivisionError, ValueError) as err:
+            # OneCycleLR divides by the length of its phases: a run of a few steps has none.
+            steps = kwargs.get("total_steps", given.get("total_steps"))
+            name = getattr(self.scheduler_factory, "func", self.scheduler_factory).__name__
+            raise UserError(
+                f"the learning-rate schedule {name} cannot run over {steps} optimizer steps "
+                f"({type(err).__name__}: {err}): train for more steps, or drop the schedule "
+                "with model.scheduler=null"
+            ) from None
         interval = "step" if per_step else "epoch"
         return {
             "optimizer": optimizer,

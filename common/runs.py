@@ -1,7 +1,10 @@
 """Run directories: what a launch leaves behind, and how a later launch finds it again."""
 
+import contextlib
 import inspect
+import os
 import platform
+import shutil
 import subprocess
 import sys
 from datetime import datetime
@@ -11,10 +14,13 @@ import lightning as L
 import torch
 import yaml
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from omegaconf import DictConfig, OmegaConf
 
+from common.data.files import atomic_write
 from common.errors import UserError
+from common.integrity import unsafe_message, verify
 from common.resolvers import REPO_ROOT
 
 
@@ -60,39 +66,221 @@ def save_run_files(cfg: DictConfig, output_dir: str) -> None:
         yaml.safe_dump(info, f, sort_keys=False)
 
 
-def find_last_checkpoint(log_dir: str, name: str, exclude: str | None = None) -> str:
-    """The newest `last.ckpt` among this project's earlier runs (`ckpt_path=last`)."""
-    root = Path(log_dir) / name
-    found = [
-        p
-        for p in root.glob("**/checkpoints/last.ckpt")
-        if exclude is None or Path(exclude).resolve() not in p.resolve().parents
-    ]
-    if not found:
+# --- who is using a run directory ---------------------------------------------------------------
+
+LOCK = "run.lock"  # in a run directory while its training process lives: pid, host, start time
+
+
+class _Run:
+    """This launch's run directory, as the `RunDirGuard` found it."""
+
+    dir: Path | None = None
+    created = False  # made by this launch (so a launch that fails early removes it again)
+    started = False  # training or testing began: what the directory holds is worth keeping
+
+
+RUN = _Run()
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of process `pid` in clock ticks since boot (Linux), to tell it from a later
+    process that reused its pid; None when there is no such process or no /proc."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def live_run(run_dir: Path) -> dict | None:
+    """The lock of the process training in `run_dir` when it still runs, else None.
+
+    A lock left by a process that died without cleaning up (SIGKILL, power loss) is stale: its
+    pid is gone, or now belongs to a process that started later. A lock from another host cannot
+    be checked from here and counts as live.
+    """
+    try:
+        lock = yaml.safe_load((Path(run_dir) / LOCK).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    pid = lock.get("pid")
+    if not isinstance(pid, int):
+        return None
+    if lock.get("host") != platform.node():
+        return lock
+    if not _alive(pid):
+        return None
+    started = _process_start(pid)
+    return lock if started is None or started == str(lock.get("start")) else None
+
+
+def describe(lock: dict) -> str:
+    return f"pid {lock.get('pid')} on {lock.get('host')}, since {lock.get('since')}"
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str):
+    """Mark `run_dir` as in use by this process (rank 0) while the block runs."""
+    path = Path(run_dir) / LOCK
+    if rank_zero_only.rank == 0:
+        pid = os.getpid()
+        info = {
+            "pid": pid,
+            "host": platform.node(),
+            "start": _process_start(pid),
+            "since": datetime.now().isoformat(timespec="seconds"),
+        }
+        atomic_write(path, lambda tmp: tmp.write_text(yaml.safe_dump(info)))
+    try:
+        yield
+    finally:
+        if rank_zero_only.rank == 0:
+            path.unlink(missing_ok=True)
+
+
+def is_rank_zero_process() -> bool:
+    """False in the extra processes of a DDP job (Lightning's or torchrun's ranks > 0)."""
+    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
+# Files Hydra writes into a run directory before any of our code runs, and our lock.
+HYDRA_FILES = (".hydra", LOCK)
+
+
+class RunDirRefused(BaseException):
+    """A `UserError` of the `RunDirGuard`: Hydra turns a callback's Exceptions into warnings."""
+
+
+class RunDirGuard(Callback):
+    """Hydra callback, before Hydra creates or writes the run directory: a directory that cannot
+    be created, or that holds another run's (or a user's) files, is refused instead of written
+    into, unless this launch resumes the run in it (`ckpt_path=last` or a file inside it)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        try:
+            self.check(config)
+        except UserError as err:
+            raise RunDirRefused(str(err)) from None
+
+    def check(self, config: DictConfig) -> None:
+        RUN.dir, RUN.created, RUN.started = None, False, False
+        if config.hydra.output_subdir is None or not is_rank_zero_process():
+            return  # predict/sample write no run directory; ranks > 0 join rank 0's
+        run_dir = Path(str(config.hydra.run.dir)).expanduser()
+        existed = run_dir.exists()
+        if existed:
+            check_reusable(run_dir, config)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            probe = run_dir / f".write-test-{os.getpid()}"
+            probe.touch()
+            probe.unlink()
+        except OSError as err:
+            raise UserError(
+                f"cannot write the run directory {run_dir}: {err.strerror or err}. LOG_DIR "
+                "(or hydra.run.dir) must name a folder you can write to"
+            ) from None
+        RUN.dir, RUN.created = run_dir, not existed
+
+
+def check_reusable(run_dir: Path, config: DictConfig) -> None:
+    """Refuse `run_dir` when a live run uses it, or it holds files this launch would overwrite
+    without resuming the run they belong to."""
+    if not run_dir.is_dir():
+        raise UserError(f"the run directory {run_dir} is a file, not a folder")
+    lock = live_run(run_dir)
+    if lock is not None:
         raise UserError(
-            f"ckpt_path=last: no earlier run of '{name}' has a checkpoints/last.ckpt under {root}. "
-            "Train first, or pass ckpt_path=<file>."
+            f"{run_dir} is in use by a run that is still training ({describe(lock)}); wait for "
+            f"it or stop it (if no such process exists, delete {run_dir / LOCK})"
         )
-    return str(max(found, key=lambda p: p.stat().st_mtime))
+    held = sorted(
+        p.name for p in run_dir.iterdir() if p.name not in HYDRA_FILES and p.suffix != ".log"
+    )
+    if not held:
+        return
+    ckpt = str(config.get("ckpt_path") or "")
+    resumes = (ckpt == "last" and (run_dir / "checkpoints" / "last.ckpt").is_file()) or (
+        ckpt not in ("", "last") and run_dir.resolve() in Path(ckpt).resolve().parents
+    )
+    if not resumes:
+        shown = ", ".join(held[:5]) + (", ..." if len(held) > 5 else "")
+        resume = ", or resume the run in it with ckpt_path=last" if "train" in config else ""
+        raise UserError(
+            f"hydra.run.dir={run_dir} already holds files ({shown}): a new run would overwrite "
+            f"its config.yaml and run.yaml. Choose a new folder{resume}"
+        )
+
+
+def remove_if_unused(run_dir: Path | None) -> None:
+    """Remove the run directory of a launch that failed before training or testing began."""
+    if run_dir is not None and RUN.created and not RUN.started and run_dir.is_dir():
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def find_last_checkpoint(log_dir: str, name: str, exclude: str | None = None) -> str:
+    """The newest `last.ckpt` of this project's finished or stopped runs (`ckpt_path=last`):
+    runs still training are skipped, and said so."""
+    root = Path(log_dir) / name
+    found, live = [], []
+    for path in root.glob("**/checkpoints/last.ckpt"):
+        run_dir = path.parent.parent
+        if exclude is not None and Path(exclude).resolve() in path.resolve().parents:
+            continue
+        lock = live_run(run_dir)
+        (live if lock else found).append((path, lock))
+    for path, lock in live:
+        rank_zero_info(
+            f"ckpt_path=last: skipping {run_dir_of(path)}, still training ({describe(lock)})"
+        )
+    if not found:
+        still = " (only runs still training have one)" if live else ""
+        raise UserError(
+            f"ckpt_path=last: no finished or stopped run of '{name}' has a checkpoints/last.ckpt "
+            f"under {root}{still}. Train first, or pass ckpt_path=<file>."
+        )
+    return str(max((p for p, _ in found), key=lambda p: p.stat().st_mtime))
+
+
+def run_dir_of(checkpoint: Path) -> Path:
+    return checkpoint.parent.parent
 
 
 def load_checkpoint(path: str) -> dict:
-    """Load a checkpoint with torch's safe loader; a missing or corrupt file is a user error."""
+    """Load a checkpoint with torch's safe loader and check it against the sha256 saved in it
+    (`common.integrity`); a missing, damaged, unsafe or foreign file is a user error."""
     if not Path(path).is_file():
         raise UserError(f"checkpoint not found: {path}")
     try:
-        # mmap: the check costs next to nothing even for a large checkpoint.
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        # mmap: pages are read once, by the digest.
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # torch raises several types for truncated or foreign files
+        unsafe = unsafe_message(err, path)
+        if unsafe:
+            raise UserError(unsafe) from None
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(
             f"cannot load checkpoint {path}: {first_line}. Is it a Lightning .ckpt written by "
             "this repo's `make train`?"
-        ) from err
+        ) from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise UserError(f"{path} is not a Lightning checkpoint (no state_dict in it)")
+    verify(checkpoint, path)
+    return checkpoint
 
 
-def resolve_ckpt_path(cfg: DictConfig) -> str | None:
-    """`ckpt_path` from the config, with `last` meaning this project's newest last.ckpt.
+def resolve_ckpt_path(cfg: DictConfig, own_dir: str | None = None) -> str | None:
+    """`ckpt_path` from the config. `last` means the run directory `own_dir`'s last.ckpt when
+    it has one (a named run directory resumes itself), else `find_last_checkpoint`.
 
     Only names the file: callers read it with `load_checkpoint`, once.
     """
@@ -102,8 +290,13 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     if not path:
         return None
     if path == "last":
-        path = find_last_checkpoint(cfg.paths.log_dir, cfg.name, exclude=cfg.paths.output_dir)
-        rank_zero_info(f"ckpt_path=last: {path}")
+        own = Path(own_dir) / "checkpoints" / "last.ckpt" if own_dir else None
+        if own is not None and own.is_file():
+            path, why = own, "this run directory's"
+        else:
+            path = find_last_checkpoint(cfg.paths.log_dir, cfg.name, exclude=own_dir)
+            why = f"the newest finished or stopped run of '{cfg.name}'"
+        rank_zero_info(f"ckpt_path=last: {path} ({why})")
     return str(path)
 
 
@@ -151,18 +344,63 @@ def saved_config(cfg: DictConfig, checkpoint: dict, ckpt_path: str) -> DictConfi
     return saved
 
 
+def typed_keys() -> list[str]:
+    """The keys (or config groups) of this command line's overrides, as typed."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    typed = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    return [o.key_or_group for o in OverridesParser.create().parse_overrides(typed)]
+
+
+def with_overrides(cfg: DictConfig, saved: DictConfig, group: str, also=()) -> DictConfig:
+    """The checkpoint's `group` config (`saved.<group>`) with this command line's
+    `<group>.<key>=` overrides, and the keys `also`, taken from `cfg` on top."""
+    node = OmegaConf.create(OmegaConf.to_container(saved[group]))
+    for key in [*also, *typed_keys()]:
+        if key.startswith(f"{group}.") and OmegaConf.select(cfg, key) is not None:
+            value = OmegaConf.select(cfg, key)
+            OmegaConf.update(node, key[len(group) + 1 :], value, force_add=True)
+    return node
+
+
 def checkpoint_data(cfg: DictConfig, saved: DictConfig) -> DictConfig:
     """The data to test a checkpoint on: the data config it was trained with (so its seed, its
     splits, its tokenizer), with this command's data folder and its `data.<key>=` overrides on
     top. `data=<name>` on the command line chooses other data: then this command's config."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    typed = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-    keys = [o.key_or_group for o in OverridesParser.create().parse_overrides(typed)]
+    keys = typed_keys()
     if saved is cfg or any(k == "data" or k.startswith("data/") for k in keys):
         return cfg.data
-    data = OmegaConf.create(OmegaConf.to_container(saved.data))
-    for key in ["data.data_dir", *keys]:
-        if key.startswith("data.") and OmegaConf.select(cfg, key) is not None:
-            OmegaConf.update(data, key[len("data.") :], OmegaConf.select(cfg, key), force_add=True)
-    return data
+    return with_overrides(cfg, saved, "data", also=["data.data_dir"])
+
+
+def checkpoint_model(cfg: DictConfig, saved: DictConfig) -> tuple[DictConfig, list[str]]:
+    """The model config a checkpoint was trained with and the `model.<key>=` overrides of this
+    command line applied on top (inference-time options such as test-time augmentation), with
+    those overrides as typed; `model=`/`model/<group>=` cannot change a trained model."""
+    keys = typed_keys()
+    groups = [k for k in keys if k == "model" or k.startswith("model/")]
+    if groups and saved is not cfg:
+        raise UserError(
+            f"{', '.join(groups)}: a checkpoint's model is the one it was trained as; change its "
+            "options with model.<key>=<value>, or train another model"
+        )
+    if saved is cfg:
+        return cfg.model, []
+    changed = [f"{k}={OmegaConf.select(cfg, k)}" for k in keys if k.startswith("model.")]
+    return with_overrides(cfg, saved, "model"), changed
+
+
+def load_weights(model, checkpoint: dict, changed: list[str]) -> None:
+    """Load the checkpoint's weights into `model`; weights that do not fit are a user error that
+    names the overrides that changed the architecture (when there are)."""
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except (RuntimeError, KeyError) as err:
+        why = " ".join(str(err).split())[:300]
+        if changed:
+            raise UserError(
+                f"{', '.join(changed)} changes the model the checkpoint was trained as: its "
+                f"weights no longer fit ({why}). Only options that leave the weights alone can "
+                "be changed here"
+            ) from None
+        raise UserError(f"the checkpoint's weights do not fit its model ({why})") from None

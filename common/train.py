@@ -4,7 +4,6 @@ Seed, build data, model, callbacks, loggers and trainer from the config, fit, te
 checkpoint, and return the monitored score so Hydra sweepers can optimize it.
 """
 
-import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -12,9 +11,11 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from omegaconf import DictConfig, OmegaConf
 
-from common.callbacks import ConfigInCheckpoint
+from common import console, signals
+from common.callbacks import ConfigInCheckpoint, RunNotes, StopOnSignal
 from common.data import DataSpec
-from common.errors import UserError, exit_on_user_error
+from common.entry import entry
+from common.errors import UserError
 from common.instantiate import (
     instantiate_callbacks,
     instantiate_loggers,
@@ -22,8 +23,13 @@ from common.instantiate import (
     instantiate_trainer,
     print_config_tree,
 )
-from common.resolvers import register_resolvers
-from common.runs import load_checkpoint, resolve_ckpt_path, save_run_files
+from common.runs import (
+    load_checkpoint,
+    resolve_ckpt_path,
+    run_lock,
+    save_run_files,
+    saved_config,
+)
 
 
 def check_sweep_strategy(cfg: DictConfig) -> None:
@@ -59,22 +65,41 @@ def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     if cfg.get("print_config"):
         print_config_tree(cfg)
-    save_run_files(cfg, cfg.paths.output_dir)
-    ckpt_path = resolve_ckpt_path(cfg)
-    # A missing or corrupt file: one message, before any work.
-    saved_spec = (load_checkpoint(ckpt_path) if ckpt_path else {}).get("data_spec")
+    run_dir = cfg.paths.output_dir
+    ckpt_path = resolve_ckpt_path(cfg, own_dir=run_dir)
+    # A missing, corrupt or foreign file: one message, before any work.
+    saved_spec = None
+    if ckpt_path:
+        checkpoint = load_checkpoint(ckpt_path)
+        saved_config(cfg, checkpoint, ckpt_path)  # refuses another project's checkpoint
+        saved_spec = checkpoint.get("data_spec")
+    save_run_files(cfg, run_dir)
 
     datamodule = instantiate(cfg.data)
     if saved_spec is not None:  # resuming: the checkpoint's tokenizer, its normalization
         datamodule.adopt(DataSpec.from_dict(saved_spec))
     model = instantiate_model(cfg.model)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    callbacks = [*instantiate_callbacks(cfg), ConfigInCheckpoint(resolved)]
+    callbacks = [
+        *instantiate_callbacks(cfg),
+        ConfigInCheckpoint(resolved),
+        StopOnSignal(run_dir),
+        RunNotes(),
+    ]
     loggers = instantiate_loggers(cfg)
     trainer = instantiate_trainer(cfg, callbacks=callbacks, logger=loggers)
+    signals.watch(trainer)
     for logger in loggers:
         logger.log_hyperparams(resolved)
+    with run_lock(run_dir):
+        metrics = fit_and_test(cfg, trainer, model, datamodule, ckpt_path)
+    console.record(f"metrics: {metrics}")
+    rank_zero_info(f"run directory: {run_dir}")
+    return metrics
 
+
+def fit_and_test(cfg, trainer, model, datamodule, ckpt_path) -> dict[str, float]:
+    which = cfg.get("test_ckpt", "best")
     metrics: dict[str, float] = {}
     if cfg.get("train"):
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
@@ -95,16 +120,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
             tested = None  # the weights in memory, as fitting left them
         trainer.test(model, datamodule=datamodule, ckpt_path=tested, weights_only=True)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
-    rank_zero_info(f"run directory: {cfg.paths.output_dir}")
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="train")
-@exit_on_user_error
+@entry("train")
 def main(cfg: DictConfig) -> float:
     return train(cfg)["score"]
 
 
 if __name__ == "__main__":
-    register_resolvers()
     main()

@@ -21,10 +21,10 @@ PROJECTS = sorted(p.stem for p in (CONFIGS / "project").glob("*.yaml"))
 # training batches, one validation and one test batch, no sanity check.
 FEW_STEPS = [
     "trainer.max_epochs=1",
-    "+trainer.limit_train_batches=2",
+    "trainer.limit_train_batches=2",
     "trainer.limit_val_batches=1",
     "trainer.limit_test_batches=1",
-    "+trainer.num_sanity_val_steps=0",
+    "trainer.num_sanity_val_steps=0",
 ]
 
 

@@ -12,3 +12,17 @@ class CrashOnRank(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.global_rank == self.rank and trainer.global_step == self.step:
             raise RuntimeError(f"injected failure on rank {self.rank} at step {self.step}")
+
+
+class SignalAt(Callback):
+    """Send this process a signal after one training step: a stand-in for `kill`, a scheduler's
+    SIGTERM or Ctrl+C, arriving mid-epoch at a known step."""
+
+    def __init__(self, signum: int = 15, step: int = 3, rank: int = 0):
+        self.signum, self.step, self.rank = signum, step, rank
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_rank == self.rank and trainer.global_step == self.step:
+            import os
+
+            os.kill(os.getpid(), self.signum)

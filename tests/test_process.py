@@ -244,7 +244,7 @@ def test_make_train_mnist_synthetic_writes_one_run_directory(tmp_path):
         "PROJECT=mnist",
         "data.synthetic=true",
         "trainer.max_epochs=1",
-        "+trainer.limit_train_batches=10",
+        "trainer.limit_train_batches=10",
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -333,7 +333,7 @@ def test_ddp_on_cpu_trains_with_one_run_directory(tmp_path):
         "trainer.devices=2",
         "data.synthetic=true",
         "trainer.max_epochs=1",
-        "+trainer.limit_train_batches=10",
+        "trainer.limit_train_batches=10",
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -30,6 +30,9 @@ class Throughput(L.Callback):
         self.samples, self.paused = 0, 0.0
         self.start = self._now(trainer)
 
+    # A run resumed mid-epoch starts counting here (no `on_train_epoch_start` for that epoch).
+    on_train_start = on_train_epoch_start
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self.samples += len(batch[-1])  # (inputs, targets): one target per sample
 
@@ -43,6 +46,8 @@ class Throughput(L.Callback):
             self.paused += self._now(trainer) - self._val_start
 
     def on_train_epoch_end(self, trainer, pl_module):
+        if self.samples == 0:
+            return  # resumed after the epoch's training part: nothing was timed
         seconds = self._now(trainer) - self.start - self.paused
         rate = self.samples * trainer.world_size / max(seconds, 1e-9)
         pl_module.log_dict(

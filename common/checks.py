@@ -1,0 +1,169 @@
+"""Check a composed config before any work: every value a `_target_` takes has a type its class
+accepts, and the hardware asked for exists. A mistake is a `UserError` that names the key.
+
+Types come from the constructors' annotations (`Trainer.__init__`, a model's, an optimizer's):
+the config tree needs no second, hand-written schema. Where an annotation cannot be checked
+(a class instance, a callable), the value passes here and the constructor judges it.
+"""
+
+import inspect
+import types
+import typing
+from collections.abc import Mapping, Sequence
+
+import torch
+from hydra.utils import get_method
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from common.errors import UserError
+
+UNKNOWN = None  # "cannot tell": neither accepted nor refused here
+
+
+def _fits(value, hint) -> bool | None:
+    """True or False when `value` (plain Python, from YAML) does or does not fit `hint`."""
+    if hint is inspect.Parameter.empty or hint is typing.Any:
+        return True
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        verdicts = [_fits(value, arg) for arg in args]
+        return True if True in verdicts else (UNKNOWN if UNKNOWN in verdicts else False)
+    if origin is typing.Literal:
+        return value in args and type(value) in {type(a) for a in args}
+    if hint is type(None):
+        return value is None
+    if isinstance(value, dict) and "_target_" in value:
+        return UNKNOWN  # instantiated into whatever it names
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    base = origin or hint
+    if base in (list, tuple, Sequence) or (inspect.isclass(base) and issubclass(base, Sequence)):
+        if base is str:
+            return isinstance(value, str)
+        return isinstance(value, list | tuple) or (UNKNOWN if value is not None else False)
+    if base in (dict, Mapping):
+        return isinstance(value, dict)
+    if base is torch.Tensor:
+        return False  # a config value is never a tensor
+    return UNKNOWN
+
+
+def _describe(hint) -> str:
+    """An annotation in a user's words: `Optional[int]` -> `int or null`."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(dict.fromkeys(_describe(a) for a in args))
+    if origin is typing.Literal:
+        return "one of " + ", ".join(map(str, args))
+    if hint is type(None):
+        return "null"
+    if origin is not None:
+        return getattr(origin, "__name__", str(origin))
+    return getattr(hint, "__name__", str(hint))
+
+
+def _signature(fn) -> tuple[dict, dict]:
+    try:
+        params = dict(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return {}, {}
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # annotations naming optional packages: check the names only
+        hints = {}
+    return params, hints
+
+
+def _hints(target) -> tuple[dict, dict]:
+    """The parameters and annotations `target` takes, following a class's `**kwargs` up to the
+    base constructors they are passed to (a datamodule's `batch_size`, say)."""
+    if not inspect.isclass(target):
+        return _signature(target)
+    params, hints = {}, {}
+    for klass in target.__mro__:
+        if "__init__" not in klass.__dict__ or klass is object:
+            continue
+        own, own_hints = _signature(klass.__init__)
+        params = {**own, **params}
+        hints = {**own_hints, **hints}
+        if all(p.kind != inspect.Parameter.VAR_KEYWORD for p in own.values()):
+            params = {k: p for k, p in params.items() if p.kind != inspect.Parameter.VAR_KEYWORD}
+            break
+    return params, hints
+
+
+def check_node(node: dict, path: str) -> None:
+    """Check one `_target_` node (plain dict, resolved) and the nodes inside it."""
+    try:
+        target = get_method(node["_target_"])
+    except Exception:
+        return  # instantiate says what is wrong with the name itself
+    params, hints = _hints(target)
+    takes_any = any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values())
+    for key, value in node.items():
+        key = str(key)
+        if key.startswith("_"):
+            continue
+        where = f"{path}.{key}" if path else key
+        if isinstance(value, dict) and "_target_" in value:
+            check_node(value, where)
+        if key not in params:
+            if params and not takes_any:
+                import difflib
+
+                near = difflib.get_close_matches(key, list(params), n=1)
+                hint = f"; did you mean {path}.{near[0]}?" if near else ""
+                raise UserError(f"{where}: {node['_target_']} takes no argument '{key}'{hint}")
+            continue
+        hint = hints.get(key, inspect.Parameter.empty)
+        if _fits(value, hint) is False:
+            raise UserError(
+                f"{where}={value!r} is not valid: {node['_target_']} takes {_describe(hint)} there"
+            )
+
+
+def _walk(node, path: str):
+    """Every `_target_` node of a resolved config, outermost first, with its dotted path."""
+    if isinstance(node, dict):
+        if "_target_" in node:
+            yield node, path
+            return
+        for key, value in node.items():
+            if not str(key).startswith("hydra"):
+                yield from _walk(value, f"{path}.{key}" if path else str(key))
+
+
+def check_hardware(cfg: DictConfig) -> None:
+    """`trainer.devices=4` with accelerator auto on a machine with fewer GPUs would start 4 CPU
+    processes instead: refuse, and say how to ask for CPU processes on purpose."""
+    trainer = cfg.get("trainer")
+    if not trainer or trainer.get("fast_dev_run"):
+        return
+    accelerator, devices = trainer.get("accelerator", "auto"), trainer.get("devices", "auto")
+    count = len(devices) if isinstance(devices, list | ListConfig) else devices
+    if accelerator not in ("auto", "gpu", "cuda") or not isinstance(count, int) or count <= 1:
+        return
+    gpus = torch.cuda.device_count()
+    if gpus < count:
+        raise UserError(
+            f"trainer.devices={count} asks for {count} GPUs and this machine has {gpus}. To run "
+            f"{count} processes on the CPU on purpose, add trainer.accelerator=cpu (with "
+            "trainer=ddp); or use fewer devices"
+        )
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Check every `_target_` node of `cfg` and the hardware it asks for, before any work."""
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=True)
+    except Exception as err:  # an interpolation that cannot resolve
+        raise UserError(" ".join(str(err).split())) from None
+    for node, path in _walk(plain, ""):
+        check_node(node, path)
+    check_hardware(cfg)

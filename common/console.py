@@ -1,0 +1,94 @@
+"""The console and the run's log file: one line per thing that matters, the same lines in both.
+
+Lightning logs through its own `lightning.pytorch` logger, which does not reach the root logger
+that Hydra gives the run's log file (`<run dir>/train.log`): `setup` hands that file to Lightning's
+loggers and to warnings, on rank 0. `quiet_upstream` drops, by message, upstream lines that say
+nothing to a user of this repo.
+"""
+
+import logging
+import re
+import warnings
+from pathlib import Path
+
+# Messages that tell our users nothing (each says why it is safe to drop).
+NOISE = (
+    # Advertising for Lightning's cloud products.
+    r"💡 Tip:",
+    r"litlogger|litmodels",
+    # Lightning 2.6 on torch 2.14 calls a deprecated torch API on every fit (DESIGN.md).
+    r"isinstance\(treespec, LeafSpec\)",
+    # Eval rebuilds the callbacks it needs from its own config on purpose.
+    r"callbacks used to create the checkpoint need to be provided",
+    # Our progress bar and model summary are chosen in configs/callbacks/.
+    r"Trainer already configured with model summary callbacks",
+    r"TPU available: ",
+    r"Loading `train_dataloader` to estimate number of stepping batches",
+    # `common.signals` says it, with what happens next.
+    r"Received SIGTERM: ",
+    # `RunNotes` lowers log_every_n_steps to the steps of an epoch and says so.
+    r"is smaller than the logging interval Trainer\(log_every_n_steps",
+)
+NOISE_RE = re.compile("|".join(NOISE))
+UPSTREAM = ("lightning.pytorch", "lightning.fabric")
+
+
+class _Noise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not NOISE_RE.search(record.getMessage())
+
+
+_FILTER = _Noise()
+_file_log = logging.getLogger("common.run_log")  # the log file only
+_file_log.propagate = False
+
+
+def quiet_upstream() -> None:
+    """Drop the `NOISE` lines from Lightning's console output and from warnings."""
+    for name in UPSTREAM:
+        for handler in logging.getLogger(name).handlers:
+            handler.addFilter(_FILTER)
+    for pattern in NOISE:
+        warnings.filterwarnings("ignore", message=f".*(?:{pattern})")
+
+
+def _run_file_handler() -> logging.FileHandler | None:
+    return next(
+        (h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)), None
+    )
+
+
+def setup(run_dir: Path | None) -> None:
+    """Send Lightning's messages and warnings to the run's log file as well (rank 0 only)."""
+    from common.runs import is_rank_zero_process
+
+    root, handler = logging.getLogger(), _run_file_handler()
+    if handler is None:
+        return
+    if not is_rank_zero_process():  # ranks > 0 share rank 0's directory: one writer
+        root.removeHandler(handler)
+        return
+    handler.addFilter(_FILTER)
+    for name in (*UPSTREAM, _file_log.name):
+        logger = logging.getLogger(name)
+        if handler not in logger.handlers:
+            logger.addHandler(handler)
+
+    show = warnings.showwarning
+
+    def show_and_log(message, category, filename, lineno, file=None, line=None):
+        show(message, category, filename, lineno, file, line)
+        _file_log.warning(f"{category.__name__}: {message}")
+
+    if not getattr(warnings.showwarning, "logs_to_file", False):
+        show_and_log.logs_to_file = True
+        warnings.showwarning = show_and_log
+
+
+def record(message: str, level: int = logging.INFO) -> None:
+    """Write `message` to the run's log file only (what the console shows as a table, say)."""
+    _file_log.log(level, message)
+
+
+def log_error(message: str) -> None:
+    record(f"error: {message}", logging.ERROR)

@@ -1,0 +1,136 @@
+"""What every entry point (`python -m common.<verb>`, `make <verb>`) runs around its task.
+
+    @entry("train")
+    def main(cfg): ...
+
+- A config mistake (a misspelled key, an unknown config option, a bad value type) is one
+  `error:` line with the nearest valid name, before any work.
+- A `UserError` in the task is one `error:` line; a launch that fails before training or testing
+  began leaves no run directory behind.
+- SIGTERM, SIGINT and SIGUSR1 end the process with 128 + the signal's number (`common.signals`).
+- The run directory's log file holds what the console shows (rank 0), minus upstream noise.
+- Bugs keep their full traceback. `HYDRA_FULL_ERROR=1` shows one for user errors too.
+"""
+
+import difflib
+import functools
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.errors import HydraException, InstantiationException
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+from common import console, signals
+from common.errors import UserError, user_message
+from common.resolvers import register_resolvers
+from common.runs import RUN, RunDirRefused, is_rank_zero_process, remove_if_unused
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+USER_ERRORS = (UserError, InstantiationException, MisconfigurationException)
+STOPS = (signals.Stopped, SIGTERMException, KeyboardInterrupt)
+
+
+def full_errors_wanted() -> bool:
+    return os.environ.get("TEMPLATES_FULL_ERROR", os.environ.get("HYDRA_FULL_ERROR")) == "1"
+
+
+def fail(message: str, code: int = 1):
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(code)
+
+
+def config_message(err: Exception) -> str:
+    """Hydra's or OmegaConf's multi-line message as one line, with the nearest valid key."""
+    cause = err.__cause__ if isinstance(err.__cause__, OmegaConfBaseException) else err
+    if (
+        isinstance(cause, ConfigKeyError | ConfigAttributeError)
+        and getattr(cause, "parent_node", None) is not None
+    ):
+        full_key, key = str(cause.full_key), str(cause.key)
+        prefix = full_key[: -len(key)] if full_key.endswith(key) else ""
+        names = [str(k) for k in cause.parent_node.keys()]
+        if not prefix:  # the top level: config groups are chosen there too (project=, data=)
+            names += [p.name for p in CONFIGS.iterdir() if p.is_dir()]
+        near = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+        hint = f"; did you mean {prefix}{near[0]}?" if near else ""
+        return f"{full_key} is not a config key{hint} (+{full_key}=... adds a new one)"
+    lines = [line.strip() for line in str(err).splitlines()]
+    keep = [ln for ln in lines if ln and not ln.startswith(("full_key:", "object_type=", "See "))]
+    return " ".join(keep).replace(": ", ": ", 1) or type(err).__name__
+
+
+def entry(config_name: str):
+    """Turn `task(cfg)` into a `main()` that runs it under Hydra with the care described above."""
+
+    def decorate(task):
+        @functools.wraps(task)
+        def run_task(cfg: DictConfig):
+            # Hydra re-raises everything below (we set HYDRA_FULL_ERROR); DDP ranks that
+            # Lightning starts inherit the user's own setting.
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+            if os.environ.get("TEMPLATES_FULL_ERROR") == "1":
+                os.environ["HYDRA_FULL_ERROR"] = "1"
+            if not is_rank_zero_process():
+                signals.die_with_parent()
+            console.setup(RUN.dir)
+            try:
+                from common.checks import check_config
+
+                check_config(cfg)
+                return task(cfg)
+            except STOPS:
+                remove_if_unused(RUN.dir)
+                raise
+            except USER_ERRORS as err:
+                if full_errors_wanted():
+                    raise
+                remove_if_unused(RUN.dir)
+                console.log_error(user_message(err))
+                fail(user_message(err))
+            except BaseException:
+                if signals.received() is not None:
+                    raise  # a rank whose peers stopped: its collective failed, say nothing
+                remove_if_unused(RUN.dir)
+                raise
+            finally:
+                os.environ["HYDRA_FULL_ERROR"] = "1"
+
+        hydra_main = hydra.main(
+            version_base="1.3", config_path="../configs", config_name=config_name
+        )(run_task)
+
+        def main() -> None:
+            register_resolvers()
+            signals.install()
+            console.quiet_upstream()
+            if "TEMPLATES_FULL_ERROR" not in os.environ:
+                os.environ["TEMPLATES_FULL_ERROR"] = os.environ.get("HYDRA_FULL_ERROR", "0")
+            os.environ["HYDRA_FULL_ERROR"] = "1"  # so Hydra raises its errors to us
+            try:
+                hydra_main()
+            except STOPS:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(signals.exit_code())  # no teardown that could wait on gone ranks
+            except (HydraException, OmegaConfBaseException) as err:
+                if full_errors_wanted():
+                    raise
+                if isinstance(err, USER_ERRORS):
+                    fail(user_message(err))
+                fail(config_message(err))
+            except RunDirRefused as err:
+                fail(str(err))
+            except BaseException:
+                if signals.received() is not None:
+                    sys.stdout.flush()
+                    os._exit(signals.exit_code())
+                raise
+
+        return main
+
+    return decorate

@@ -1,0 +1,400 @@
+"""Tier 3: what a careless or hostile user does to the commands (issue 13's cases), each ending
+in one readable `error:` line or the documented behaviour, never a traceback or a silent success.
+"""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from common.errors import UserError
+from common.eval import evaluate
+from common.runs import LOCK, find_last_checkpoint, resolve_ckpt_path
+from common.train import train
+from tests.conftest import ROOT
+from tests.test_process import assert_one_readable_error, make, user_env
+
+PY = sys.executable
+
+
+def python(tmp_path, *args, timeout=300):
+    return subprocess.run(
+        [PY, "-m", *args],
+        cwd=ROOT,
+        env=user_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def no_run_files(tmp_path) -> bool:
+    """No launch left a run directory (a run's config.yaml or log) under tmp_path/logs."""
+    logs = tmp_path / "logs"
+    return not any(logs.rglob("*.yaml")) and not any(logs.rglob("*.log"))
+
+
+def run_dirs(tmp_path, project):
+    root = tmp_path / "logs" / project
+    return (
+        sorted(p for p in root.iterdir() if p.is_dir() and p.name != "eval")
+        if root.exists()
+        else []
+    )
+
+
+@pytest.fixture(scope="module")
+def linreg_ckpt(tmp_path_factory):
+    """A checkpoint of a 1-epoch linreg run, trained once for the tests that damage copies."""
+    from tests.conftest import make_config
+
+    tmp = tmp_path_factory.mktemp("linreg")
+    cfg = make_config(tmp, ["project=linreg", "trainer.max_epochs=1", "logger=csv"])
+    metrics = train(cfg)
+    return Path(cfg.paths.output_dir, "checkpoints", "last.ckpt"), metrics
+
+
+# --- 1. signals ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "signum",
+    [
+        signal.SIGTERM,
+        pytest.param(signal.SIGINT, marks=pytest.mark.slow),
+        pytest.param(signal.SIGUSR1, marks=pytest.mark.slow),
+    ],
+)
+def test_a_signal_saves_a_resumable_checkpoint_and_exits_128_plus_signal(tmp_path, signum):
+    result = python(
+        tmp_path,
+        "common.train",
+        "project=linreg",
+        "trainer.max_epochs=3",
+        "+callbacks.signal._target_=tests.helpers.SignalAt",
+        f"+callbacks.signal.signum={int(signum)}",
+        "+callbacks.signal.step=70",  # mid-way through epoch 1 (51 steps an epoch)
+    )
+    assert result.returncode == 128 + signum, result.stderr[-2000:]
+    assert "Traceback" not in result.stdout + result.stderr
+    (run_dir,) = run_dirs(tmp_path, "linreg")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    state = torch.load(last, weights_only=True)
+    assert state["global_step"] == 70 and state["epoch"] == 1  # mid-epoch, not the epoch's end
+    assert not (run_dir / LOCK).exists()
+    command = re.search(r"resume with: (make train .*)", result.stdout + result.stderr).group(1)
+    assert f"hydra.run.dir={run_dir}" in command and command.endswith("ckpt_path=last")
+
+    # The printed command, with the signal taken out, finishes the run where it stopped.
+    words = [w for w in command.split()[2:] if "callbacks.signal" not in w]
+    resumed = make(tmp_path, "train", *words)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "this run directory's" in resumed.stderr + resumed.stdout
+    final = torch.load(last, weights_only=True)
+    assert final["global_step"] == 3 * 51 and final["epoch"] == 2
+    assert run_dirs(tmp_path, "linreg") == [run_dir]  # one run, resumed in place
+
+
+@pytest.mark.slow
+def test_sigterm_to_rank_0_of_a_ddp_job_ends_every_rank_non_zero(tmp_path):
+    start = time.monotonic()
+    result = make(
+        tmp_path,
+        "train",
+        "PROJECT=linreg",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.max_epochs=5",
+        "+callbacks.signal._target_=tests.helpers.SignalAt",
+        "+callbacks.signal.step=10",
+        timeout=180,
+    )
+    assert result.returncode != 0
+    assert "stopped by SIGTERM" in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    time.sleep(2)
+    assert not alive(tmp_path), "a rank outlived the job"
+    assert time.monotonic() - start < 120
+
+
+def alive(tmp_path) -> list[str]:
+    """Processes still running with this test's log folder in their environment or arguments."""
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    mine = []
+    for line in out.splitlines()[1:]:
+        pid = int(line.split()[0])
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue
+        if str(tmp_path / "logs").encode() in environ and "common.train" in line:
+            mine.append(line)
+    return mine
+
+
+# --- 2. ckpt_path=last ---------------------------------------------------------------------------
+
+
+def fake_run(root: Path, name: str, lock: dict | None = None, age: float = 0) -> Path:
+    ckpt = root / name / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"x")
+    os.utime(ckpt, (time.time() - age, time.time() - age))
+    if lock is not None:
+        (root / name / LOCK).write_text(yaml.safe_dump(lock))
+    return ckpt
+
+
+def test_ckpt_path_last_skips_a_live_run_and_takes_a_stale_lock_for_stopped(tmp_path, capsys):
+    import platform
+
+    from common.runs import _process_start
+
+    root = tmp_path / "logs" / "mnist"
+    here = platform.node()
+    older = fake_run(root, "a", age=300)
+    stale = fake_run(root, "b", {"pid": 2**22 + 7, "host": here, "start": "1"}, age=200)
+    me = {"pid": os.getpid(), "host": here, "start": _process_start(os.getpid())}
+    fake_run(root, "c", me, age=0)  # newest, but still training: this process
+    assert find_last_checkpoint(str(tmp_path / "logs"), "mnist") == str(stale)
+    stale.parent.parent.joinpath(LOCK).write_text(yaml.safe_dump(me))
+    assert find_last_checkpoint(str(tmp_path / "logs"), "mnist") == str(older)
+    # A pid that now belongs to another process (its start time differs) is a stale lock.
+    reused = {**me, "start": "12345"}
+    stale.parent.parent.joinpath(LOCK).write_text(yaml.safe_dump(reused))
+    assert find_last_checkpoint(str(tmp_path / "logs"), "mnist") == str(stale)
+
+
+def test_ckpt_path_last_with_only_live_runs_says_so(tmp_path):
+    import platform
+
+    from common.runs import _process_start
+
+    me = {"pid": os.getpid(), "host": platform.node(), "start": _process_start(os.getpid())}
+    fake_run(tmp_path / "logs" / "mnist", "a", me)
+    with pytest.raises(UserError, match="only runs still training"):
+        find_last_checkpoint(str(tmp_path / "logs"), "mnist")
+
+
+def test_ckpt_path_last_in_a_named_run_directory_resumes_that_directory(config, tmp_path):
+    cfg = config("project=linreg")
+    newer = fake_run(tmp_path / "logs" / "linreg", "other", age=0)
+    own = fake_run(tmp_path / "logs" / "linreg", "named", age=500)
+    cfg.ckpt_path = "last"
+    assert resolve_ckpt_path(cfg, own_dir=str(own.parent.parent)) == str(own)
+    assert resolve_ckpt_path(cfg, own_dir=str(tmp_path / "fresh")) == str(newer)
+
+
+def test_a_named_run_directory_holding_files_is_refused_unless_resumed(tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "config.yaml").write_text("my: own\n")
+    result = python(tmp_path, "common.train", "project=linreg", f"hydra.run.dir={folder}")
+    assert_one_readable_error(result, "already holds files (config.yaml)", "ckpt_path=last")
+    assert (folder / "config.yaml").read_text() == "my: own\n"
+    assert sorted(p.name for p in folder.iterdir()) == ["config.yaml"]
+
+
+# --- 4. checkpoint integrity ---------------------------------------------------------------------
+
+
+def flip_a_weight_byte(src: Path, dst: Path) -> None:
+    """Copy `src` with one byte of a tensor's data changed; the zip stays valid (CRCs redone)."""
+    import zipfile
+
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as zout:
+        damaged = False
+        for item in zin.infolist():
+            data = zin.read(item)
+            if not damaged and re.search(r"/data/\d+$", item.filename) and len(data) >= 4:
+                data = bytes([data[0] ^ 0x40]) + data[1:]
+                damaged = True
+            zout.writestr(item, data)
+    assert damaged
+
+
+def test_a_checkpoint_with_damaged_weights_is_refused_by_eval(tmp_path, linreg_ckpt):
+    last, _ = linreg_ckpt
+    bad = tmp_path / "damaged.ckpt"
+    flip_a_weight_byte(last, bad)
+    torch.load(bad, weights_only=True)  # torch itself loads it without a word
+    result = python(tmp_path, "common.eval", "project=linreg", f"ckpt_path={bad}")
+    assert_one_readable_error(result, "is corrupt", str(bad))
+    assert (
+        run_dirs(tmp_path, "linreg") == []
+        and not (tmp_path / "logs/linreg/eval").exists()
+        or not any((tmp_path / "logs/linreg/eval").iterdir())
+    )
+
+
+def test_an_unsafe_checkpoint_is_refused_without_suggesting_weights_only_false(tmp_path):
+    bad = tmp_path / "unsafe.ckpt"
+    torch.save({"state_dict": {}, "payload": Path("x")}, bad)
+    result = python(tmp_path, "common.eval", "project=linreg", f"ckpt_path={bad}")
+    assert_one_readable_error(result, "refused checkpoint", "unsafe")
+    assert "weights_only=False" not in result.stderr
+
+
+# --- 5. hardware and ranks -----------------------------------------------------------------------
+
+
+def test_more_devices_than_gpus_is_refused_with_the_cpu_spelling(tmp_path):
+    if torch.cuda.device_count() >= 4:
+        pytest.skip("this machine has 4 GPUs")
+    result = make(tmp_path, "train", "PROJECT=vit", "trainer.devices=4")
+    assert_one_readable_error(
+        result, "trainer.devices=4 asks for 4 GPUs", "trainer.accelerator=cpu"
+    )
+    assert run_dirs(tmp_path, "vit") == []
+
+
+@pytest.mark.slow
+def test_missing_data_under_ddp_ends_every_rank_before_the_prompt(tmp_path):
+    result = make(
+        tmp_path,
+        "train",
+        "PROJECT=mnist",
+        "data.download=false",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        timeout=180,
+    )
+    assert_one_readable_error(result, "MNIST files missing")
+    time.sleep(1)
+    assert not alive(tmp_path), "a rank outlived make"
+
+
+# --- 6. one error line for each bad input --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("trainer.max_epochs=abc", "trainer.max_epochs='abc' is not valid"),
+        ("trainer.max_epoch=1", "did you mean trainer.max_epochs?"),
+        ("model.optimizer.lr=fast", "model.optimizer.lr='fast' is not valid"),
+        ("data.batch_size=1.5", "data.batch_size=1.5 is not valid"),
+        ("projec=mnist", "did you mean project?"),
+    ],
+)
+def test_a_bad_value_is_one_error_naming_the_key_and_no_run_directory(tmp_path, override, message):
+    result = python(tmp_path, "common.train", "project=linreg", override)
+    assert_one_readable_error(result, message)
+    assert result.stderr.startswith("error: ")
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert run_dirs(tmp_path, "linreg") == []
+
+
+def test_resuming_another_projects_checkpoint_is_refused(config, linreg_ckpt):
+    last, _ = linreg_ckpt
+    with pytest.raises(UserError, match="trained by project 'linreg'"):
+        train(config("project=mnist", f"ckpt_path={last}"))
+
+
+def test_a_schedule_too_short_for_its_warmup_is_a_user_error(config):
+    cfg = config("project=cifar10", "data.synthetic=true", "trainer.max_steps=4", "logger=csv")
+    with pytest.raises(UserError, match="cannot run over 4 optimizer steps"):
+        train(cfg)
+
+
+@pytest.mark.parametrize("log_dir", ["file", "unwritable"])
+def test_an_unusable_log_dir_is_one_error(tmp_path, log_dir):
+    path = tmp_path / "somewhere"
+    if log_dir == "file":
+        path.write_text("not a folder")
+    else:
+        path.mkdir()
+        path.chmod(0o500)
+        if os.access(path, os.W_OK):
+            pytest.skip("running as root: every folder is writable")
+    env = {**user_env(tmp_path), "LOG_DIR": str(path)}
+    result = subprocess.run(
+        [PY, "-m", "common.train", "project=linreg"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert_one_readable_error(result, "cannot write the run directory", "LOG_DIR")
+
+
+# --- 7, 9. the run's log; no directory from a failed launch --------------------------------------
+
+
+def test_train_log_holds_the_console_messages(tmp_path):
+    result = python(tmp_path, "common.train", "project=linreg", "trainer.max_epochs=2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    (run_dir,) = run_dirs(tmp_path, "linreg")
+    log = (run_dir / "train.log").read_text()
+    for line in (
+        "Seed set to 42",
+        "epoch 1:",
+        "`Trainer.fit` stopped",
+        "run directory:",
+        "test/r2",
+    ):
+        assert line in log, line
+    console = result.stdout + result.stderr
+    for noise in ("💡 Tip", "LeafSpec", "TPU available", "log_every_n_steps=50)"):
+        assert noise not in console and noise not in log, noise
+
+
+def test_a_launch_refused_before_training_leaves_no_run_directory(tmp_path):
+    result = python(
+        tmp_path, "common.eval", "project=linreg", f"ckpt_path={tmp_path / 'nope.ckpt'}"
+    )
+    assert_one_readable_error(result, "checkpoint not found")
+    assert no_run_files(tmp_path)
+
+
+# --- 10. eval's data and model options come from the checkpoint ---------------------------------
+
+
+def test_eval_says_which_data_it_tests_and_refuses_model_overrides_that_change_the_weights(
+    config, linreg_ckpt, capsys
+):
+    last, trained = linreg_ckpt
+    evaluated = evaluate(config("project=linreg", f"ckpt_path={last}", "logger=csv", name="eval"))
+    assert evaluated["test/r2"] == pytest.approx(trained["test/r2"], abs=1e-6)
+    with pytest.raises(UserError, match="model.net.in_features=4 changes the model"):
+        evaluate(
+            config("project=linreg", f"ckpt_path={last}", "model.net.in_features=4", name="eval")
+        )
+
+
+# --- 11. every Trainer argument, with Lightning's defaults --------------------------------------
+
+
+def test_every_trainer_argument_is_a_key_with_lightnings_default_unless_a_comment_says_why():
+    import inspect
+
+    import lightning as L
+
+    path = ROOT / "configs" / "trainer" / "default.yaml"
+    config = yaml.safe_load(path.read_text())
+    lines = path.read_text().splitlines()
+    params = inspect.signature(L.Trainer.__init__).parameters
+    ours = {"logger", "callbacks"}  # the logger= and callbacks= groups
+    assert set(config) - {"_target_"} == set(params) - {"self"} - ours
+    for i, line in enumerate(lines):
+        name = line.split(":")[0]
+        if name not in params:
+            continue
+        commented = "#" in line or lines[i - 1].startswith("#")
+        default = params[name].default
+        assert config[name] == default or commented, f"{name}: {config[name]!r} vs {default!r}"
+
+
+def test_lightnings_own_flags_work_as_typed(config):
+    cfg = config("project=linreg", "trainer.fast_dev_run=true", "logger=csv")
+    metrics = train(cfg)
+    assert "test/r2" in metrics
