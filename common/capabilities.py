@@ -2,7 +2,7 @@
 
 An entry point (`make predict`, `make sample`, ...) checks its capability with `require`, which
 names the projects that have it when the model does not. A project gains a capability by
-defining the method on its LightningModule: nothing is registered anywhere else. A model learns
+defining its methods on its LightningModule: nothing is registered anywhere else. A model learns
 what it needs of its data (class names, normalization, tokenizer) from its `data_spec`, which
 its checkpoint carries, so none of these needs the data.
 """
@@ -21,9 +21,16 @@ from common.resolvers import REPO_ROOT
 class PredictsFile(Protocol):
     """`make predict input=<file>`: run on one file (an image, say), prepared as in training."""
 
+    def output_path(self, path: Path, output: Path | None) -> Path | None:
+        """The file `predict_file(path, output)` writes: `output`, or the project's own name
+        beside `path` when None; None when it writes none. A UserError for an `output` it
+        cannot write (another extension, say). `make predict` asks before `predict_file`, to
+        check that the file is safe to write (`common.predict.check_output`)."""
+        ...
+
     def predict_file(self, path: Path, output: Path | None) -> str:
-        """The text to print; a result file (an annotated image) goes to `output`, or beside
-        `path` when None. Unreadable input is a UserError."""
+        """The text to print; a result file (an annotated image) goes to
+        `output_path(path, output)`. Unreadable input is a UserError."""
         ...
 
 
@@ -72,5 +79,12 @@ def require(model, capability: type, project: str, doing: str) -> None:
     """A UserError unless `model` has `capability`; `doing` says what was asked ("sample
     images"), and the message names the projects that can."""
     if not isinstance(model, capability):
+        methods = [n for n, f in vars(capability).items() if callable(f) and not n.startswith("_")]
+        missing = [n for n in methods if not callable(getattr(model, n, None))]
+        if len(missing) < len(methods):  # half a capability: a project being written
+            raise UserError(
+                f"project '{project}' cannot {doing}: its model lacks "
+                f"{', '.join(missing)} ({capability.__name__} in common/capabilities.py)"
+            )
         able = ", ".join(projects_with(capability)) or "none yet"
         raise UserError(f"project '{project}' cannot {doing}; the projects that can: {able}")

@@ -83,14 +83,19 @@ class ImageClassifier(Classifier):
 
     top_k = 5
 
+    def output_path(self, path: Path, output: Path | None = None) -> None:
+        """None: a classifier prints its answer and writes no file."""
+        if output is not None:
+            raise UserError("output= is for projects that write a file; a classifier prints")
+        return None
+
     def predict_file(self, path: Path, output: Path | None = None) -> str:
         """The image resized, cropped and normalized as the training images were, then the
         `top_k` classes with their probabilities (test-time augmentation included)."""
         spec = self.data_spec
         if spec.image_size is None:
             raise UserError("this checkpoint holds no data description: train it with this repo")
-        if output is not None:
-            raise UserError("output= is for projects that write a file; a classifier prints")
+        self.output_path(path, output)
         pixels = read_image(path, spec.image_size, spec.in_chans)  # uint8 (C, S, S)
         x = Normalizer(spec.mean, spec.std)(pixels[None].to(self.device))  # (1, C, S, S)
         probs = self.eval_logits(x).float().softmax(dim=1)[0]  # (num_classes,)

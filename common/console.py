@@ -26,6 +26,11 @@ NOISE = (
     r"Loading `train_dataloader` to estimate number of stepping batches",
     # `common.signals` says it, with what happens next.
     r"Received SIGTERM: ",
+    # The run directory guard refuses a folder with another run's files; a resumed run's own
+    # checkpoints are expected there.
+    r"Checkpoint directory .* exists and is not empty",
+    # `Throughput` computes its figures for all ranks together, on rank 0.
+    r"self\.log\('train/(samples_per_sec|epoch_seconds)'",
     # `RunNotes` lowers log_every_n_steps to the steps of an epoch and says so.
     r"is smaller than the logging interval Trainer\(log_every_n_steps",
 )
@@ -41,6 +46,7 @@ class _Noise(logging.Filter):
 _FILTER = _Noise()
 _file_log = logging.getLogger("common.run_log")  # the log file only
 _file_log.propagate = False
+_file_log.addHandler(logging.NullHandler())  # not logging's stderr fallback when there is no file
 
 
 def quiet_upstream() -> None:
@@ -83,6 +89,16 @@ def setup(run_dir: Path | None) -> None:
     if not getattr(warnings.showwarning, "logs_to_file", False):
         show_and_log.logs_to_file = True
         warnings.showwarning = show_and_log
+
+
+def close() -> None:
+    """Stop writing the run's log file (its run directory is being removed)."""
+    handler = _run_file_handler()
+    if handler is None:
+        return
+    for name in ("", *UPSTREAM, _file_log.name):
+        logging.getLogger(name).removeHandler(handler)
+    handler.close()
 
 
 def record(message: str, level: int = logging.INFO) -> None:

@@ -64,6 +64,12 @@ def config_message(err: Exception) -> str:
     return " ".join(keep).replace(": ", ": ", 1) or type(err).__name__
 
 
+def discard_unused_run() -> None:
+    """Remove the run directory of a launch that failed before training or testing began."""
+    if remove_if_unused(RUN.dir):
+        console.close()
+
+
 def entry(config_name: str):
     """Turn `task(cfg)` into a `main()` that runs it under Hydra with the care described above."""
 
@@ -84,18 +90,18 @@ def entry(config_name: str):
                 check_config(cfg)
                 return task(cfg)
             except STOPS:
-                remove_if_unused(RUN.dir)
+                discard_unused_run()
                 raise
             except USER_ERRORS as err:
                 if full_errors_wanted():
                     raise
-                remove_if_unused(RUN.dir)
                 console.log_error(user_message(err))
+                discard_unused_run()
                 fail(user_message(err))
             except BaseException:
                 if signals.received() is not None:
                     raise  # a rank whose peers stopped: its collective failed, say nothing
-                remove_if_unused(RUN.dir)
+                discard_unused_run()
                 raise
             finally:
                 os.environ["HYDRA_FULL_ERROR"] = "1"

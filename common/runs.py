@@ -221,10 +221,13 @@ def check_reusable(run_dir: Path, config: DictConfig) -> None:
         )
 
 
-def remove_if_unused(run_dir: Path | None) -> None:
-    """Remove the run directory of a launch that failed before training or testing began."""
-    if run_dir is not None and RUN.created and not RUN.started and run_dir.is_dir():
-        shutil.rmtree(run_dir, ignore_errors=True)
+def remove_if_unused(run_dir: Path | None) -> bool:
+    """Remove the run directory of a launch that failed before training or testing began;
+    True when it did."""
+    if run_dir is None or not RUN.created or RUN.started or not run_dir.is_dir():
+        return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return True
 
 
 def find_last_checkpoint(log_dir: str, name: str, exclude: str | None = None) -> str:

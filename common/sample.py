@@ -3,20 +3,19 @@
 The model is rebuilt from the config stored in the checkpoint and loaded with torch's safe
 `weights_only` loader, as in `make predict`. A project opts in with the `SamplesImages`
 capability (`sample_images(n, seed)` -> (n, C, H, W) floats in [0, 1]); the images are written
-as one PNG grid, and its path printed.
+as one PNG grid, and its path printed. An existing file is replaced only with overwrite=true.
 """
 
 from pathlib import Path
 
-import hydra
 import torch
 from omegaconf import DictConfig
 
 from common.capabilities import SamplesImages
-from common.errors import UserError, exit_on_user_error
+from common.entry import entry
+from common.errors import UserError
 from common.figures import image_grid, save_png
-from common.predict import checkpoint_path, load_trained
-from common.resolvers import register_resolvers
+from common.predict import check_output, checkpoint_path, load_trained
 
 
 def sample(cfg: DictConfig) -> Path:
@@ -33,6 +32,7 @@ def sample(cfg: DictConfig) -> Path:
         path = ckpt_path.with_name(f"{ckpt_path.stem}_samples_n{n}_seed{cfg.seed}.png")
     if path.suffix.lower() != ".png":
         raise UserError(f"output={path} must end in .png")
+    check_output(path, cfg.overwrite, reading=ckpt_path)  # before the model loads: cheap first
     model = load_trained(cfg, str(ckpt_path), SamplesImages, "sample images")
     with torch.inference_mode():
         images = model.sample_images(n, seed=cfg.seed)  # (n, C, H, W) in [0, 1]
@@ -41,12 +41,10 @@ def sample(cfg: DictConfig) -> Path:
     return path
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="sample")
-@exit_on_user_error
+@entry("sample")
 def main(cfg: DictConfig) -> None:
     sample(cfg)
 
 
 if __name__ == "__main__":
-    register_resolvers()
     main()

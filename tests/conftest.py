@@ -97,3 +97,24 @@ def run(*args: str, env: dict | None = None, timeout: float = 300, cwd: Path = R
 
 
 PYTHON = sys.executable
+
+
+# Each test file's tier (pyproject.toml names them); a file not listed holds unit tests.
+TIERS = {
+    "test_configs": "configs",
+    "test_smoke": "smoke",
+    "test_learning": "learning",
+    "test_detection": "learning",
+    "test_generative": "learning",
+    "test_sentiment": "learning",
+    "test_process": "process",
+    "test_reliability": "process",
+    "test_predict": "process",
+    "test_scaffold": "process",
+    "test_benchmarks": "process",
+}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        item.add_marker(TIERS.get(Path(str(item.fspath)).stem, "unit"))

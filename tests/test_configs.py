@@ -1,4 +1,4 @@
-"""Tier 0: every option of every config group composes, and what it describes instantiates."""
+"""Tier 0 (configs): every option of every config group composes, and what it describes instantiates."""
 
 import pytest
 import torch

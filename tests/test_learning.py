@@ -1,4 +1,4 @@
-"""Tier 2: models learn on synthetic data, and known answers come out right."""
+"""Tier 3 (learning): models learn on synthetic data, and known answers come out right."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Tier 3: what a careless or hostile user does to the commands (issue 13's cases), each ending
+"""Tier 4 (process): what a careless or hostile user does to the commands (issue 13's cases), each ending
 in one readable `error:` line or the documented behaviour, never a traceback or a silent success.
 """
 
@@ -221,39 +221,36 @@ def flip_a_weight_byte(src: Path, dst: Path) -> None:
     assert damaged
 
 
-def test_a_checkpoint_with_damaged_weights_is_refused_by_eval(tmp_path, linreg_ckpt):
+def test_a_checkpoint_with_damaged_weights_is_refused(tmp_path, config, linreg_ckpt):
     last, _ = linreg_ckpt
     bad = tmp_path / "damaged.ckpt"
     flip_a_weight_byte(last, bad)
     torch.load(bad, weights_only=True)  # torch itself loads it without a word
-    result = python(tmp_path, "common.eval", "project=linreg", f"ckpt_path={bad}")
-    assert_one_readable_error(result, "is corrupt", str(bad))
-    assert (
-        run_dirs(tmp_path, "linreg") == []
-        and not (tmp_path / "logs/linreg/eval").exists()
-        or not any((tmp_path / "logs/linreg/eval").iterdir())
-    )
+    with pytest.raises(UserError, match=f"checkpoint {re.escape(str(bad))} is corrupt"):
+        evaluate(config("project=linreg", f"ckpt_path={bad}", name="eval"))
 
 
-def test_an_unsafe_checkpoint_is_refused_without_suggesting_weights_only_false(tmp_path):
+def test_an_unsafe_checkpoint_is_refused_without_suggesting_weights_only_false(tmp_path, config):
     bad = tmp_path / "unsafe.ckpt"
     torch.save({"state_dict": {}, "payload": Path("x")}, bad)
-    result = python(tmp_path, "common.eval", "project=linreg", f"ckpt_path={bad}")
-    assert_one_readable_error(result, "refused checkpoint", "unsafe")
-    assert "weights_only=False" not in result.stderr
+    with pytest.raises(UserError, match="refused checkpoint .* unsafe") as caught:
+        evaluate(config("project=linreg", f"ckpt_path={bad}", name="eval"))
+    assert "weights_only=False" not in str(caught.value)
 
 
 # --- 5. hardware and ranks -----------------------------------------------------------------------
 
 
-def test_more_devices_than_gpus_is_refused_with_the_cpu_spelling(tmp_path):
+def test_more_devices_than_gpus_is_refused_with_the_cpu_spelling(config):
+    from common.checks import check_config
+
     if torch.cuda.device_count() >= 4:
         pytest.skip("this machine has 4 GPUs")
-    result = make(tmp_path, "train", "PROJECT=vit", "trainer.devices=4")
-    assert_one_readable_error(
-        result, "trainer.devices=4 asks for 4 GPUs", "trainer.accelerator=cpu"
+    with pytest.raises(UserError, match=r"trainer.devices=4 asks for 4 GPUs.*accelerator=cpu"):
+        check_config(config("project=vit", "trainer.devices=4"))
+    check_config(
+        config("project=vit", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=4")
     )
-    assert run_dirs(tmp_path, "vit") == []
 
 
 @pytest.mark.slow
@@ -279,19 +276,69 @@ def test_missing_data_under_ddp_ends_every_rank_before_the_prompt(tmp_path):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("trainer.max_epochs=abc", "trainer.max_epochs='abc' is not valid"),
-        ("trainer.max_epoch=1", "did you mean trainer.max_epochs?"),
-        ("model.optimizer.lr=fast", "model.optimizer.lr='fast' is not valid"),
+        (
+            "trainer.max_epochs=abc",
+            "trainer.max_epochs='abc' is not valid: lightning.pytorch.Trainer takes int or null",
+        ),
+        ("trainer.max_epochs=2.5", "trainer.max_epochs=2.5 is not valid"),
+        ("model.optimizer.lr=fast", "model.optimizer.lr='fast' is not valid: torch.optim.SGD"),
         ("data.batch_size=1.5", "data.batch_size=1.5 is not valid"),
-        ("projec=mnist", "did you mean project?"),
+        ("trainer.precision=99", "trainer.precision=99 is not valid"),
     ],
 )
-def test_a_bad_value_is_one_error_naming_the_key_and_no_run_directory(tmp_path, override, message):
-    result = python(tmp_path, "common.train", "project=linreg", override)
-    assert_one_readable_error(result, message)
-    assert result.stderr.startswith("error: ")
+def test_a_value_of_the_wrong_type_is_refused_naming_the_key(config, override, message):
+    from common.checks import check_config
+
+    with pytest.raises(UserError, match=re.escape(message)):
+        check_config(config("project=linreg", override))
+
+
+def test_the_valid_values_of_every_project_pass_the_check(config):
+    from common.checks import check_config
+
+    for project in (
+        "linreg",
+        "mnist",
+        "cifar10",
+        "detection",
+        "sentiment",
+        "vit",
+        "gan",
+        "vae",
+        "ddp",
+    ):
+        check_config(config(f"project={project}"))
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "trainer.max_epoch=1",
+            "trainer.max_epoch is not a config key; did you mean trainer.max_epochs?",
+        ),
+        ("projec=mnist", "projec is not a config key; did you mean project?"),
+        ("model.optimizer.lrr=1", "did you mean model.optimizer.lr?"),
+    ],
+)
+def test_a_misspelled_key_gets_the_nearest_name(override, message):
+    from hydra import compose, initialize_config_dir
+
+    from common.entry import config_message
+
+    with (
+        pytest.raises(Exception) as caught,
+        initialize_config_dir(str(ROOT / "configs"), version_base="1.3"),
+    ):
+        compose("train", overrides=["project=linreg", override])
+    assert message in config_message(caught.value)
+
+
+def test_a_bad_value_is_one_error_line_and_leaves_no_run_directory(tmp_path):
+    result = python(tmp_path, "common.train", "project=linreg", "trainer.max_epochs=abc")
+    assert_one_readable_error(result, "error: trainer.max_epochs='abc' is not valid")
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert run_dirs(tmp_path, "linreg") == []
+    assert no_run_files(tmp_path)
 
 
 def test_resuming_another_projects_checkpoint_is_refused(config, linreg_ckpt):
@@ -398,3 +445,35 @@ def test_lightnings_own_flags_work_as_typed(config):
     cfg = config("project=linreg", "trainer.fast_dev_run=true", "logger=csv")
     metrics = train(cfg)
     assert "test/r2" in metrics
+
+
+# --- console: what would pass unnoticed is said once --------------------------------------------
+
+
+def test_early_stopping_and_a_lowered_log_interval_are_said(config, caplog):
+    import csv
+    import logging
+
+    upstream = logging.getLogger("lightning.pytorch")  # does not propagate to the root logger
+    upstream.addHandler(caplog.handler)
+    try:
+        cfg = config(
+            "project=linreg",
+            "trainer.max_epochs=10",
+            "trainer.limit_train_batches=20",  # 20 steps an epoch, log interval 50
+            "+callbacks.early_stopping._target_=lightning.pytorch.callbacks.EarlyStopping",
+            "+callbacks.early_stopping.monitor=val/loss",
+            "+callbacks.early_stopping.min_delta=100",  # no epoch improves by that much
+            "+callbacks.early_stopping.patience=1",
+            "logger=csv",
+        )
+        train(cfg)
+    finally:
+        upstream.removeHandler(caplog.handler)
+    assert "logging the training loss every 20 steps" in caplog.text
+    assert (
+        "early stopping ended the run after epoch 2 of 10: Monitored metric val/loss" in caplog.text
+    )
+    (metrics,) = Path(cfg.paths.output_dir).rglob("metrics.csv")
+    rows = list(csv.DictReader(metrics.open()))
+    assert sum(bool(row.get("train/loss")) for row in rows) == 2  # one per epoch, none before

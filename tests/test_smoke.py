@@ -1,4 +1,4 @@
-"""Tier 1: every project (and experiment) runs fast_dev_run through the real train function."""
+"""Tier 2 (smoke): every project (and experiment) runs fast_dev_run through the real train function."""
 
 import pytest
 

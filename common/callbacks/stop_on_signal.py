@@ -48,6 +48,9 @@ class StopOnSignal(Callback):
         name = signals.signal.Signals(signum).name
         where = f"stopped by {name} at epoch {trainer.current_epoch}, step {trainer.global_step}"
         if trainer.training:
+            for callback in trainer.checkpoint_callbacks:  # last.ckpt is theirs: no last-v1.ckpt
+                if getattr(callback, "save_last", False) and Path(callback.dirpath) == path.parent:
+                    callback.last_model_path = str(path)
             # Not trainer.save_checkpoint: its barrier would wait for ranks that may be gone.
             checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
             trainer.strategy.save_checkpoint(checkpoint, path)

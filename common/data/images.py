@@ -1,6 +1,8 @@
 """Image datasets held in memory as uint8 tensors, normalized and augmented batch-wise on the
 training device; and one image file made into a model's input, as training saw its images."""
 
+import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,12 @@ AUTO_AUGMENT = ("randaugment", "autoaugment")
 # data.normalize -> the (mean, std) that pixel values in [0, 1] are shifted and divided by;
 # None: the dataset's own per-channel statistics.
 NORMALIZE = {"standard": None, "symmetric": ((0.5,), (0.5,)), "unit": ((0.0,), (1.0,))}
+# The most pixels an image file may have: models here take a few hundred pixels a side, and a
+# larger file costs seconds and gigabytes to decode (or is a decompression bomb). Below PIL's
+# own guard (89 million pixels warns, 179 million fails) so that this check, which names the
+# size, is the one a user meets.
+MAX_PIXELS = 8192 * 8192
+_OPENING = threading.Lock()  # catch_warnings swaps process-wide state; decode_images has threads
 
 
 def flip_and_translate(
@@ -142,11 +150,37 @@ def fit_image(image, size: int, mode: str) -> np.ndarray:
     return np.asarray(image)
 
 
-def decode_image(path: str | Path, size: int, mode: str) -> np.ndarray:
-    """One image file -> uint8 (size, size, 3) for mode "RGB", (size, size) for "L" (`fit_image`)."""
+def open_image(path: str | Path):
+    """PIL's `Image.open(path)` (the header read, the pixels decoded on use, a context manager),
+    refusing an image of more than MAX_PIXELS pixels with a UserError that names the file, its
+    size and the limit. PIL's own errors for a file that is no image pass through."""
     from PIL import Image
 
-    with Image.open(path) as image:
+    limit = min(MAX_PIXELS, Image.MAX_IMAGE_PIXELS or MAX_PIXELS)  # PIL's too, if lowered
+
+    def too_large(pixels: str) -> UserError:
+        return UserError(
+            f"the image {path} is too large to read: {pixels}, over the limit of {limit:,} "
+            "pixels; make it smaller first"
+        )
+
+    with _OPENING, warnings.catch_warnings():
+        # PIL warns inside open, before the size can be read; the check below is stricter.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(path)
+        except Image.DecompressionBombError as err:  # over twice PIL's limit: no size to read
+            raise too_large(f"more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels") from err
+    width, height = image.size
+    if width * height > limit:
+        image.close()
+        raise too_large(f"{width}x{height} = {width * height:,} pixels")
+    return image
+
+
+def decode_image(path: str | Path, size: int, mode: str) -> np.ndarray:
+    """One image file -> uint8 (size, size, 3) for mode "RGB", (size, size) for "L" (`fit_image`)."""
+    with open_image(path) as image:
         return fit_image(image, size, mode)
 
 
@@ -158,19 +192,19 @@ def read_image(path: str | Path, size: int, in_chans: int) -> torch.Tensor:
     theirs (`decode_image`).
 
     Grey images become RGB by repeating the channel; a colour image for a grey model is refused
-    (which grey would it be?), as is a file that is no image: one UserError each.
+    (which grey would it be?), as is a file that is no image, a broken one or one too large
+    (`open_image`): one UserError each, naming the file.
     """
-    from PIL import Image, UnidentifiedImageError
-
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             colour = in_chans == 1 and image.mode not in GREY_MODES
             if colour:  # an RGB file can hold a grey image: three equal channels
                 image.draft("RGB", (size, size))
                 rgb = np.asarray(image.convert("RGB")).astype(np.int16)  # (H, W, 3)
                 colour = np.abs(np.diff(rgb, axis=2)).max() > 0
-        pixels = torch.from_numpy(decode_image(path, size, "L" if in_chans == 1 else "RGB"))
-    except (UnidentifiedImageError, OSError) as err:
+        # A writable copy: torch warns on the read-only arrays PIL gives.
+        pixels = torch.from_numpy(decode_image(path, size, "L" if in_chans == 1 else "RGB").copy())
+    except (OSError, SyntaxError) as err:  # no image, or a broken one (PIL says which)
         raise UserError(f"cannot read the image {path}: {err}") from err
     if colour:
         raise UserError(

@@ -10,7 +10,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.detection import MeanAveragePrecision
 from torchvision.utils import draw_bounding_boxes, make_grid
 
-from common.data.images import Normalizer
+from common.data.images import Normalizer, open_image
 from common.errors import UserError
 from common.figures import log_figure
 from common.module import TemplateModule
@@ -139,18 +139,26 @@ class DetectionModel(TemplateModule):
         drawn = [self.draw(*args) for args in zip(pixels, predictions, targets, strict=True)]
         return make_grid(torch.stack(drawn), nrow=4, padding=2)
 
+    def output_path(self, path: Path, output: Path | None = None) -> Path:
+        """`output`, or `<name>_pred.png` beside the input: a PNG (lossless, as drawn)."""
+        output = output or path.with_name(f"{path.stem}_pred.png")
+        if output.suffix.lower() != ".png":
+            raise UserError(f"output={output} must end in .png: detection writes a PNG image")
+        return output
+
     def predict_file(self, path: Path, output: Path | None = None) -> str:
         """Detect objects in one image file: write `<name>_pred.png` beside it (or `output`) with
         the boxes drawn at the image's own size; return one line per box."""
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image
 
         spec = self.data_spec
         if spec.image_size is None:
             raise UserError("this checkpoint holds no data description: train it with this repo")
+        output = self.output_path(path, output)
         try:
-            with Image.open(path) as opened:
+            with open_image(path) as opened:  # a file over MAX_PIXELS is refused
                 original = opened.convert("RGB")
-        except (UnidentifiedImageError, OSError) as err:
+        except (OSError, SyntaxError) as err:  # no image, or a broken one (PIL says which)
             raise UserError(f"cannot read the image {path}: {err}") from err
         width, height = original.size
         size = spec.image_size
@@ -163,7 +171,6 @@ class DetectionModel(TemplateModule):
         scale = torch.tensor([width / size, height / size] * 2, device=self.device)
         prediction["boxes"] = prediction["boxes"] * scale  # back to the file's pixels
         drawn = self.draw(pixels, prediction)
-        output = output or path.with_name(f"{path.stem}_pred.png")
         Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(output)
         keep = prediction["scores"] >= self.show_threshold
         lines = [

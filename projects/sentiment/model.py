@@ -5,6 +5,7 @@ from torchmetrics.classification import MulticlassF1Score
 
 from common.classifier import Classifier
 from common.data import DataSpec
+from common.data.text import UNK
 from common.errors import UserError
 
 
@@ -48,7 +49,8 @@ class SentimentClassifier(Classifier):
             self.use_data(DataSpec(names, tokenizer=tokenizer, max_length=data.get("max_length")))
 
     def predict_text(self, text: str) -> str:
-        """The label of one text and its probability, with the run's own tokenizer."""
+        """The label of one text and its probability, with the run's own tokenizer; a text with
+        no word the tokenizer knows (empty, say) is refused."""
         from tokenizers import Tokenizer
 
         spec = self.data_spec
@@ -56,7 +58,16 @@ class SentimentClassifier(Classifier):
             raise UserError("this checkpoint holds no tokenizer: train it with this repo's code")
         tokenizer = Tokenizer.from_str(spec.tokenizer)
         tokenizer.enable_truncation(spec.max_length)
-        ids = tokenizer.encode(text).ids
+        encoding = tokenizer.encode(text)
+        ids = encoding.ids  # [CLS] first
+        marks = encoding.special_tokens_mask  # 1 at [CLS]
+        words = [i for i, special in zip(ids, marks, strict=True) if not special]
+        if all(i == tokenizer.token_to_id(UNK) for i in words):
+            # Only [CLS] and [UNK]s: whatever came out would not be about this text.
+            raise UserError(
+                "no word of this text is in the model's vocabulary (each reads as [UNK]): "
+                "its answer would mean nothing"
+            )
         tokens = torch.tensor([ids], device=self.device)  # (1, T)
         lengths = torch.tensor([len(ids)])
         probs = self(tokens, lengths).softmax(dim=1)[0]  # (num_classes,)

@@ -9,5 +9,6 @@ class NewProjectModel(Classifier):
 
     Where to grow it: `unpack` for batches of another shape, `evaluate` for more metrics,
     `use_data` for what the model needs from its data (`self.data_spec`), and a capability of
-    common/capabilities.py (`predict_file`, `predict_text`, `sample_images`) for a new verb.
+    common/capabilities.py (`output_path` with `predict_file`, `predict_text`, `sample_images`)
+    for a new verb.
     """
