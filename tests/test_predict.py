@@ -301,6 +301,7 @@ def test_a_file_that_is_no_image_or_a_broken_one_is_named(tmp_path, trained, det
                 predict(predict_config(tmp_path, project, checkpoint, f"input={file}"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("trained", ["mnist"], indirect=True)
 def test_the_command_says_one_error_line_and_no_traceback(tmp_path, trained, unloadable):
     _, ckpt, _ = trained

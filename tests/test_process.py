@@ -131,6 +131,10 @@ def test_corrupt_checkpoint_is_one_readable_error(tmp_path):
         env=user_env(tmp_path),
     )
     assert_one_readable_error(result, "error: cannot load checkpoint", str(bad))
+    # A launch refused before testing began leaves no run directory (nor its log) behind.
+    assert not any((tmp_path / "logs").rglob("*.yaml")) and not any(
+        (tmp_path / "logs").rglob("*.log")
+    )
 
 
 # --- round trips ---------------------------------------------------------------------------------
@@ -240,6 +244,7 @@ def test_run_directory_holds_config_overrides_and_commit(tmp_path):
     assert re.search(r"test/r2\s*│\s*0\.99", result.stdout), result.stdout[-2000:]
 
 
+@pytest.mark.slow
 def test_make_train_mnist_synthetic_writes_one_run_directory(tmp_path):
     result = make(
         tmp_path,
@@ -260,6 +265,7 @@ def test_make_train_mnist_synthetic_writes_one_run_directory(tmp_path):
     assert "test/acc" in evaluated.stdout
 
 
+@pytest.mark.slow
 def test_two_launches_in_the_same_second_get_two_directories(tmp_path):
     import subprocess
 
@@ -327,6 +333,7 @@ def test_contradictory_run_switches_are_user_errors(config, overrides, message):
         train(config("project=linreg", *overrides))
 
 
+@pytest.mark.slow
 def test_ddp_on_cpu_trains_with_one_run_directory(tmp_path):
     result = make(
         tmp_path,
@@ -346,6 +353,7 @@ def test_ddp_on_cpu_trains_with_one_run_directory(tmp_path):
     assert "test/acc" in result.stdout
 
 
+@pytest.mark.slow
 def test_sweep_with_ddp_is_refused_with_the_alternative(tmp_path):
     result = make(
         tmp_path,
@@ -374,7 +382,7 @@ def read_test_metrics(run_root: Path) -> dict[str, float]:
 
 
 # The DataLoader path runs in `make test-all` (its sampler is tested in test_data.py too).
-@pytest.mark.slow  # DDP on CPU is in the quick tier: test_ddp_on_cpu_trains_with_one_run_directory
+@pytest.mark.slow
 @pytest.mark.parametrize("loader", ["device", "dataloader"])
 def test_ddp_evaluation_equals_single_process(config, tmp_path, loader):
     # 4,011 samples: a test set of 401, so the two ranks get uneven shards (200 and 201).
