@@ -52,6 +52,19 @@ def run_dirs(tmp_path, project):
     )
 
 
+@pytest.fixture
+def said(caplog):
+    """What the run said on the console through Lightning's logger (which does not propagate to
+    the root logger pytest listens on): call it for the text so far."""
+    import logging
+
+    upstream = logging.getLogger("lightning.pytorch")
+    caplog.set_level(logging.INFO)
+    upstream.addHandler(caplog.handler)
+    yield lambda: caplog.text
+    upstream.removeHandler(caplog.handler)
+
+
 @pytest.fixture(scope="module")
 def linreg_ckpt(tmp_path_factory):
     """A checkpoint of a 1-epoch linreg run, trained once for the tests that damage copies."""
@@ -171,7 +184,7 @@ def fake_run(root: Path, name: str, lock: dict | None = None, age: float = 0) ->
     return ckpt
 
 
-def test_ckpt_path_last_skips_a_live_run_and_takes_a_stale_lock_for_stopped(tmp_path, capsys):
+def test_ckpt_path_last_skips_a_live_run_and_takes_a_stale_lock_for_stopped(tmp_path, said):
     import platform
 
     from common.runs import _process_start
@@ -183,6 +196,7 @@ def test_ckpt_path_last_skips_a_live_run_and_takes_a_stale_lock_for_stopped(tmp_
     me = {"pid": os.getpid(), "host": here, "start": _process_start(os.getpid())}
     fake_run(root, "c", me, age=0)  # newest, but still training: this process
     assert find_last_checkpoint(str(tmp_path / "logs"), "mnist") == str(stale)
+    assert f"skipping {root / 'c'}, still training (pid {os.getpid()}" in said()
     stale.parent.parent.joinpath(LOCK).write_text(yaml.safe_dump(me))
     assert find_last_checkpoint(str(tmp_path / "logs"), "mnist") == str(older)
     # A pid that now belongs to another process (its start time differs) is a stale lock.
@@ -392,12 +406,17 @@ def test_an_unusable_log_dir_is_refused_before_anything_is_written(tmp_path, log
         RunDirGuard().check(config)
 
 
+# --- 10. eval's data and model options come from the checkpoint ---------------------------------
+
+
 def test_eval_says_which_data_it_tests_and_refuses_model_overrides_that_change_the_weights(
-    config, linreg_ckpt, capsys
+    config, linreg_ckpt, said
 ):
     last, trained = linreg_ckpt
     evaluated = evaluate(config("project=linreg", f"ckpt_path={last}", "logger=csv", name="eval"))
     assert evaluated["test/r2"] == pytest.approx(trained["test/r2"], abs=1e-6)
+    assert "testing on RegressionDataModule(" in said()
+    assert "the checkpoint's data config" in said()
     with pytest.raises(UserError, match="model.net.in_features=4 changes the model"):
         evaluate(
             config("project=linreg", f"ckpt_path={last}", "model.net.in_features=4", name="eval")
@@ -436,30 +455,22 @@ def test_lightnings_own_flags_work_as_typed(config):
 # --- console: what would pass unnoticed is said once --------------------------------------------
 
 
-def test_early_stopping_and_a_lowered_log_interval_are_said(config, caplog):
+def test_early_stopping_and_a_lowered_log_interval_are_said(config, said):
     import csv
-    import logging
 
-    upstream = logging.getLogger("lightning.pytorch")  # does not propagate to the root logger
-    upstream.addHandler(caplog.handler)
-    try:
-        cfg = config(
-            "project=linreg",
-            "trainer.max_epochs=10",
-            "trainer.limit_train_batches=20",  # 20 steps an epoch, log interval 50
-            "+callbacks.early_stopping._target_=lightning.pytorch.callbacks.EarlyStopping",
-            "+callbacks.early_stopping.monitor=val/loss",
-            "+callbacks.early_stopping.min_delta=100",  # no epoch improves by that much
-            "+callbacks.early_stopping.patience=1",
-            "logger=csv",
-        )
-        train(cfg)
-    finally:
-        upstream.removeHandler(caplog.handler)
-    assert "logging the training loss every 20 steps" in caplog.text
-    assert (
-        "early stopping ended the run after epoch 2 of 10: Monitored metric val/loss" in caplog.text
+    cfg = config(
+        "project=linreg",
+        "trainer.max_epochs=10",
+        "trainer.limit_train_batches=20",  # 20 steps an epoch, log interval 50
+        "+callbacks.early_stopping._target_=lightning.pytorch.callbacks.EarlyStopping",
+        "+callbacks.early_stopping.monitor=val/loss",
+        "+callbacks.early_stopping.min_delta=100",  # no epoch improves by that much
+        "+callbacks.early_stopping.patience=1",
+        "logger=csv",
     )
+    train(cfg)
+    assert "logging the training loss every 20 steps" in said()
+    assert "early stopping ended the run after epoch 2 of 10: Monitored metric val/loss" in said()
     (metrics,) = Path(cfg.paths.output_dir).rglob("metrics.csv")
     rows = list(csv.DictReader(metrics.open()))
     assert sum(bool(row.get("train/loss")) for row in rows) == 2  # one per epoch, none before
