@@ -95,8 +95,11 @@ def test_trainer_option(tmp_path, option):
     assert isinstance(instantiate_trainer(cfg), Trainer)
 
 
-@pytest.mark.parametrize("option", options("logger"))
-def test_logger_option(tmp_path, option):
+@pytest.mark.parametrize(
+    "option",
+    [pytest.param(o, marks=pytest.mark.slow) if o == "mlflow" else o for o in options("logger")],
+)
+def test_logger_option(tmp_path, option):  # mlflow's import alone takes seconds: slow tier
     if option == "mlflow":
         pytest.importorskip(
             "mlflow", reason="mlflow is an optional extra: pip install -e '.[mlflow]'"

@@ -107,6 +107,7 @@ def test_misspelled_key_is_one_readable_error(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+@pytest.mark.slow
 def test_missing_data_is_one_readable_error(tmp_path):
     result = run(
         sys.executable,
@@ -222,6 +223,7 @@ def test_checkpoints_load_with_weights_only_and_carry_their_config(config):
         assert "optimizer" not in state.get("hyper_parameters", {})  # no partials: weights_only
 
 
+@pytest.mark.slow
 def test_run_directory_holds_config_overrides_and_commit(tmp_path):
     result = make(
         tmp_path,
