@@ -36,6 +36,7 @@ STOPS = (signals.Stopped, SIGTERMException, KeyboardInterrupt)
 
 
 def full_errors_wanted() -> bool:
+    # TEMPLATES_FULL_ERROR keeps the user's HYDRA_FULL_ERROR while `main` sets that one for Hydra.
     return os.environ.get("TEMPLATES_FULL_ERROR", os.environ.get("HYDRA_FULL_ERROR")) == "1"
 
 
@@ -61,7 +62,7 @@ def config_message(err: Exception) -> str:
         return f"{full_key} is not a config key{hint} (+{full_key}=... adds a new one)"
     lines = [line.strip() for line in str(err).splitlines()]
     keep = [ln for ln in lines if ln and not ln.startswith(("full_key:", "object_type=", "See "))]
-    return " ".join(keep).replace(": ", ": ", 1) or type(err).__name__
+    return " ".join(keep) or type(err).__name__
 
 
 def discard_unused_run() -> None:

@@ -109,10 +109,10 @@ def live_run(run_dir: Path) -> dict | None:
     be checked from here and counts as live.
     """
     try:
-        lock = yaml.safe_load((Path(run_dir) / LOCK).read_text()) or {}
+        lock = yaml.safe_load((Path(run_dir) / LOCK).read_text())
     except (OSError, yaml.YAMLError):
         return None
-    pid = lock.get("pid")
+    pid = lock.get("pid") if isinstance(lock, dict) else None
     if not isinstance(pid, int):
         return None
     if lock.get("host") != platform.node():
@@ -148,8 +148,9 @@ def run_lock(run_dir: str):
 
 
 def is_rank_zero_process() -> bool:
-    """False in the extra processes of a DDP job (Lightning's or torchrun's ranks > 0)."""
-    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+    """False in the extra processes of a DDP job: Lightning's, torchrun's or srun's ranks > 0."""
+    keys = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
+    return all(os.environ.get(k, "0") == "0" for k in keys)
 
 
 # Files Hydra writes into a run directory before any of our code runs, and our lock.

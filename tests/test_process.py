@@ -30,6 +30,20 @@ def make(tmp_path: Path, *words: str, timeout: float = 300):
     return run("make", "-s", f"VENV={VENV}", *words, env=user_env(tmp_path), timeout=timeout)
 
 
+def make_ddp_linreg(tmp_path: Path, *words: str):
+    """`make train PROJECT=linreg` as two DDP processes on the CPU, with `words` added."""
+    return make(
+        tmp_path,
+        "train",
+        "PROJECT=linreg",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        *words,
+        timeout=180,  # turns a hang (a rank waiting forever on another) into a failure
+    )
+
+
 def assert_one_readable_error(result, *fragments: str) -> None:
     assert result.returncode != 0
     assert "Traceback" not in result.stderr + result.stdout
@@ -409,17 +423,10 @@ def test_ddp_evaluation_equals_single_process(config, tmp_path, loader):
 @pytest.mark.slow
 @pytest.mark.parametrize("rank", [0, 1])
 def test_a_rank_that_raises_ends_the_whole_ddp_job(tmp_path, rank):
-    # subprocess.run's timeout turns a hang (one rank waiting forever on the other) into a failure.
-    result = make(
+    result = make_ddp_linreg(
         tmp_path,
-        "train",
-        "PROJECT=linreg",
-        "trainer=ddp",
-        "trainer.accelerator=cpu",
-        "trainer.devices=2",
         "+callbacks.crash._target_=tests.helpers.CrashOnRank",
         f"+callbacks.crash.rank={rank}",
-        timeout=180,
     )
     assert result.returncode != 0
     assert f"injected failure on rank {rank}" in result.stderr

@@ -21,7 +21,7 @@ from common.eval import evaluate
 from common.runs import LOCK, find_last_checkpoint, resolve_ckpt_path
 from common.train import train
 from tests.conftest import ROOT
-from tests.test_process import assert_one_readable_error, make, user_env
+from tests.test_process import assert_one_readable_error, make, make_ddp_linreg, user_env
 
 PY = sys.executable
 
@@ -136,17 +136,11 @@ def test_a_signal_saves_a_resumable_checkpoint_and_exits_128_plus_signal(tmp_pat
 @pytest.mark.slow
 def test_sigterm_to_rank_0_of_a_ddp_job_ends_every_rank_non_zero(tmp_path):
     start = time.monotonic()
-    result = make(
+    result = make_ddp_linreg(
         tmp_path,
-        "train",
-        "PROJECT=linreg",
-        "trainer=ddp",
-        "trainer.accelerator=cpu",
-        "trainer.devices=2",
         "trainer.max_epochs=5",
         "+callbacks.signal._target_=tests.helpers.SignalAt",
         "+callbacks.signal.step=10",
-        timeout=180,
     )
     assert result.returncode != 0
     assert "stopped by SIGTERM" in result.stdout + result.stderr
@@ -474,3 +468,31 @@ def test_early_stopping_and_a_lowered_log_interval_are_said(config, said):
     (metrics,) = Path(cfg.paths.output_dir).rglob("metrics.csv")
     rows = list(csv.DictReader(metrics.open()))
     assert sum(bool(row.get("train/loss")) for row in rows) == 2  # one per epoch, none before
+
+
+def test_an_inference_option_given_to_eval_is_applied_not_dropped(config):
+    from tests.conftest import FEW_STEPS
+
+    cfg = config(
+        "project=cifar10",
+        "experiment=cifar10_speedrun",
+        "data.synthetic=true",
+        "logger=csv",
+        *FEW_STEPS,
+    )
+    train(cfg)
+    last = Path(cfg.paths.output_dir, "checkpoints", "last.ckpt")
+
+    def test_loss(*overrides):
+        eval_cfg = config(
+            "project=cifar10",
+            f"ckpt_path={last}",
+            "logger=csv",
+            "trainer.limit_test_batches=1",
+            *overrides,
+            name="eval",
+        )
+        return evaluate(eval_cfg)["test/loss"]
+
+    # The checkpoint's recipe tests with flip_translate; model.tta=none changes the logits.
+    assert test_loss() != pytest.approx(test_loss("model.tta=none"), rel=1e-6)
