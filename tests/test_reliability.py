@@ -473,13 +473,13 @@ def test_early_stopping_and_a_lowered_log_interval_are_said(config, said):
 def test_an_inference_option_given_to_eval_is_applied_not_dropped(config):
     from tests.conftest import FEW_STEPS
 
-    cfg = config(
-        "project=cifar10",
-        "experiment=cifar10_speedrun",
+    small = [
         "data.synthetic=true",
-        "logger=csv",
-        *FEW_STEPS,
-    )
+        "data.synthetic_size=[512,128]",
+        "data.val_size=128",
+        "data.batch_size=64",
+    ]
+    cfg = config("project=cifar10", "experiment=cifar10_speedrun", *small, "logger=csv", *FEW_STEPS)
     train(cfg)
     last = Path(cfg.paths.output_dir, "checkpoints", "last.ckpt")
 
