@@ -400,7 +400,11 @@ def load_weights(model, checkpoint: dict, changed: list[str]) -> None:
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except (RuntimeError, KeyError) as err:
-        why = " ".join(str(err).split())[:300]
+        # torch lists every mismatch, one per line after a header: the first says enough.
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        why = (lines[1] if len(lines) > 1 else lines[0] if lines else type(err).__name__).rstrip(
+            "."
+        )
         if changed:
             raise UserError(
                 f"{', '.join(changed)} changes the model the checkpoint was trained as: its "
