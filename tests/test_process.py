@@ -134,6 +134,8 @@ def test_missing_data_is_one_readable_error(tmp_path):
     assert_one_readable_error(result, "error: MNIST files missing", "data.synthetic=true")
 
 
+# Slow: the quick tier takes the same path in test_reliability.py (a bad value, one line).
+@pytest.mark.slow
 def test_corrupt_checkpoint_is_one_readable_error(tmp_path):
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"\x00" * 100)
