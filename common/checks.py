@@ -158,12 +158,17 @@ def check_hardware(cfg: DictConfig) -> None:
         )
 
 
-def check_config(cfg: DictConfig) -> None:
-    """Check every `_target_` node of `cfg` and the hardware it asks for, before any work."""
+def check_types(cfg: DictConfig) -> None:
+    """Check every `_target_` node of `cfg`: its keys and the types of their values."""
     try:
         plain = OmegaConf.to_container(cfg, resolve=True)
     except Exception as err:  # an interpolation that cannot resolve
         raise UserError(" ".join(str(err).split())) from None
     for node, path in _walk(plain, ""):
         check_node(node, path)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Check `cfg` and the hardware it asks for, before any work."""
+    check_types(cfg)
     check_hardware(cfg)

@@ -9,7 +9,6 @@ nothing to a user of this repo.
 import logging
 import re
 import warnings
-from pathlib import Path
 
 # Messages that tell our users nothing (each says why it is safe to drop).
 NOISE = (
@@ -18,8 +17,6 @@ NOISE = (
     r"litlogger|litmodels",
     # Lightning 2.6 on torch 2.14 calls a deprecated torch API on every fit (DESIGN.md).
     r"isinstance\(treespec, LeafSpec\)",
-    # Eval rebuilds the callbacks it needs from its own config on purpose.
-    r"callbacks used to create the checkpoint need to be provided",
     # Our progress bar and model summary are chosen in configs/callbacks/.
     r"Trainer already configured with model summary callbacks",
     r"TPU available: ",
@@ -64,11 +61,15 @@ def _run_file_handler() -> logging.FileHandler | None:
     )
 
 
-def setup(run_dir: Path | None) -> None:
+def setup() -> None:
     """Send Lightning's messages and warnings to the run's log file as well (rank 0 only)."""
     from common.runs import is_rank_zero_process
 
     root, handler = logging.getLogger(), _run_file_handler()
+    for name in (*UPSTREAM, _file_log.name):  # a sweep's earlier job's file
+        logger = logging.getLogger(name)
+        for old in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:
+            logger.removeHandler(old)
     if handler is None:
         return
     if not is_rank_zero_process():  # ranks > 0 share rank 0's directory: one writer

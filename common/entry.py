@@ -15,6 +15,7 @@
 import difflib
 import functools
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -26,9 +27,10 @@ from omegaconf import DictConfig
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from common import console, signals
+from common.checks import check_config
 from common.errors import UserError, user_message
 from common.resolvers import register_resolvers
-from common.runs import RUN, RunDirRefused, is_rank_zero_process, remove_if_unused
+from common.runs import RUN, RunDirRefused, is_rank_zero_process, release_lock, remove_if_unused
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 USER_ERRORS = (UserError, InstantiationException, MisconfigurationException)
@@ -59,10 +61,26 @@ def config_message(err: Exception) -> str:
             names += [p.name for p in CONFIGS.iterdir() if p.is_dir()]
         near = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
         hint = f"; did you mean {prefix}{near[0]}?" if near else ""
+        if "_target_" in cause.parent_node:  # a class's arguments: `+` cannot add one it lacks
+            return f"{full_key} is not a config key{hint}"
         return f"{full_key} is not a config key{hint} (+{full_key}=... adds a new one)"
     lines = [line.strip() for line in str(err).splitlines()]
     keep = [ln for ln in lines if ln and not ln.startswith(("full_key:", "object_type=", "See "))]
     return " ".join(keep) or type(err).__name__
+
+
+def stopped(err: BaseException) -> None:
+    """End a process that a signal stopped: 128 + the signal's number, one line from rank 0."""
+    if is_rank_zero_process():
+        if not signals.STATE.reported:
+            name = signal.Signals(signals.received() or signal.SIGTERM).name
+            print(f"stopped by {name}", file=sys.stderr)
+        if not isinstance(err, STOPS):
+            print(f"(while stopping: {type(err).__name__}: {err})", file=sys.stderr)
+        raise SystemExit(signals.exit_code())
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(signals.exit_code())  # a rank > 0 waits on no teardown of a group rank 0 has left
 
 
 def discard_unused_run() -> None:
@@ -84,10 +102,8 @@ def entry(config_name: str):
                 os.environ["HYDRA_FULL_ERROR"] = "1"
             if not is_rank_zero_process():
                 signals.die_with_parent()
-            console.setup(RUN.dir)
+            console.setup()
             try:
-                from common.checks import check_config
-
                 check_config(cfg)
                 return task(cfg)
             except STOPS:
@@ -105,6 +121,7 @@ def entry(config_name: str):
                 discard_unused_run()
                 raise
             finally:
+                release_lock()
                 os.environ["HYDRA_FULL_ERROR"] = "1"
 
         hydra_main = hydra.main(
@@ -120,23 +137,18 @@ def entry(config_name: str):
             os.environ["HYDRA_FULL_ERROR"] = "1"  # so Hydra raises its errors to us
             try:
                 hydra_main()
-            except STOPS:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(signals.exit_code())  # no teardown that could wait on gone ranks
+            except STOPS as err:
+                stopped(err)
             except (HydraException, OmegaConfBaseException) as err:
                 if full_errors_wanted():
                     raise
-                if isinstance(err, USER_ERRORS):
-                    fail(user_message(err))
                 fail(config_message(err))
             except RunDirRefused as err:
                 fail(str(err))
-            except BaseException:
-                if signals.received() is not None:
-                    sys.stdout.flush()
-                    os._exit(signals.exit_code())
-                raise
+            except BaseException as err:
+                if signals.received() is None:
+                    raise
+                stopped(err)  # a collective that failed as its peers stopped
 
         return main
 

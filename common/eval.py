@@ -7,6 +7,8 @@ other data; `model.<key>=` overrides apply when the weights still fit (test-time
 refused when they do not. Trainer and loggers come from this command line.
 """
 
+import warnings
+
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig
@@ -72,6 +74,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     callbacks = [*instantiate_callbacks(cfg), RunNotes()]
     trainer = instantiate_trainer(cfg, callbacks=callbacks, logger=instantiate_loggers(cfg))
     signals.watch(trainer)
+    # Testing needs none of the callbacks that wrote the checkpoint; Lightning asks for them.
+    warnings.filterwarnings("ignore", message=".*callbacks used to create the checkpoint need")
     trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     console.record(f"metrics: {metrics}")

@@ -1,6 +1,5 @@
 """Run directories: what a launch leaves behind, and how a later launch finds it again."""
 
-import contextlib
 import inspect
 import os
 import platform
@@ -18,7 +17,6 @@ from hydra.experimental.callback import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from omegaconf import DictConfig, OmegaConf
 
-from common.data.files import atomic_write
 from common.errors import UserError
 from common.integrity import unsafe_message, verify
 from common.resolvers import REPO_ROOT
@@ -75,6 +73,7 @@ class _Run:
     """This launch's run directory, as the `RunDirGuard` found it."""
 
     dir: Path | None = None
+    lock: Path | None = None  # this process's run.lock while it runs
     created = False  # made by this launch (so a launch that fails early removes it again)
     started = False  # training or testing began: what the directory holds is worth keeping
 
@@ -115,6 +114,9 @@ def live_run(run_dir: Path) -> dict | None:
     pid = lock.get("pid") if isinstance(lock, dict) else None
     if not isinstance(pid, int):
         return None
+    job = os.environ.get("SLURM_JOB_ID")
+    if job and lock.get("job") == job:
+        return None  # this job's run before SLURM requeued it: that process is gone
     if lock.get("host") != platform.node():
         return lock
     if not _alive(pid):
@@ -127,24 +129,29 @@ def describe(lock: dict) -> str:
     return f"pid {lock.get('pid')} on {lock.get('host')}, since {lock.get('since')}"
 
 
-@contextlib.contextmanager
-def run_lock(run_dir: str):
-    """Mark `run_dir` as in use by this process (rank 0) while the block runs."""
-    path = Path(run_dir) / LOCK
-    if rank_zero_only.rank == 0:
-        pid = os.getpid()
-        info = {
-            "pid": pid,
-            "host": platform.node(),
-            "start": _process_start(pid),
-            "since": datetime.now().isoformat(timespec="seconds"),
-        }
-        atomic_write(path, lambda tmp: tmp.write_text(yaml.safe_dump(info)))
-    try:
-        yield
-    finally:
-        if rank_zero_only.rank == 0:
-            path.unlink(missing_ok=True)
+def take_lock(run_dir: Path) -> Path:
+    """Mark `run_dir` as used by this process until `release_lock`; a lock there is stale (the
+    guard refused a live one), and is replaced."""
+    path = run_dir / LOCK
+    pid = os.getpid()
+    info = {
+        "pid": pid,
+        "host": platform.node(),
+        "start": _process_start(pid),
+        "job": os.environ.get("SLURM_JOB_ID"),
+        "since": datetime.now().isoformat(timespec="seconds"),
+    }
+    tmp = run_dir / f"{LOCK}.{pid}.tmp"
+    tmp.write_text(yaml.safe_dump(info))
+    os.replace(tmp, path)  # whole or absent for a reader
+    return path
+
+
+def release_lock() -> None:
+    """Remove this process's lock (a no-op where it holds none)."""
+    if RUN.lock is not None:
+        RUN.lock.unlink(missing_ok=True)
+        RUN.lock = None
 
 
 def is_rank_zero_process() -> bool:
@@ -171,26 +178,28 @@ class RunDirGuard(Callback):
             self.check(config)
         except UserError as err:
             raise RunDirRefused(str(err)) from None
+        except Exception as err:  # Hydra would turn it into a warning, and the guard off
+            message = f"cannot check the run directory: {type(err).__name__}: {err}"
+            raise RunDirRefused(message) from err
 
     def check(self, config: DictConfig) -> None:
+        release_lock()  # an earlier launch in this process (tests run several)
         RUN.dir, RUN.created, RUN.started = None, False, False
         if config.hydra.output_subdir is None or not is_rank_zero_process():
             return  # predict/sample write no run directory; ranks > 0 join rank 0's
-        run_dir = Path(str(config.hydra.run.dir)).expanduser()
+        run_dir = Path(str(config.hydra.run.dir))  # as Hydra will make it (no ~ expansion)
         existed = run_dir.exists()
         if existed:
             check_reusable(run_dir, config)
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
-            probe = run_dir / f".write-test-{os.getpid()}"
-            probe.touch()
-            probe.unlink()
+            lock = take_lock(run_dir)  # also proves the folder writable
         except OSError as err:
             raise UserError(
                 f"cannot write the run directory {run_dir}: {err.strerror or err}. LOG_DIR "
                 "(or hydra.run.dir) must name a folder you can write to"
             ) from None
-        RUN.dir, RUN.created = run_dir, not existed
+        RUN.dir, RUN.lock, RUN.created = run_dir.resolve(), lock, not existed
 
 
 def check_reusable(run_dir: Path, config: DictConfig) -> None:
@@ -210,8 +219,9 @@ def check_reusable(run_dir: Path, config: DictConfig) -> None:
     if not held:
         return
     ckpt = str(config.get("ckpt_path") or "")
-    resumes = (ckpt == "last" and (run_dir / "checkpoints" / "last.ckpt").is_file()) or (
-        ckpt not in ("", "last") and run_dir.resolve() in Path(ckpt).resolve().parents
+    resumes = config.get("train") and (
+        (ckpt == "last" and (run_dir / "checkpoints" / "last.ckpt").is_file())
+        or (ckpt not in ("", "last") and run_dir.resolve() in Path(ckpt).resolve().parents)
     )
     if not resumes:
         shown = ", ".join(held[:5]) + (", ..." if len(held) > 5 else "")
@@ -227,6 +237,7 @@ def remove_if_unused(run_dir: Path | None) -> bool:
     True when it did."""
     if run_dir is None or not RUN.created or RUN.started or not run_dir.is_dir():
         return False
+    release_lock()
     shutil.rmtree(run_dir, ignore_errors=True)
     return True
 
@@ -282,6 +293,9 @@ def load_checkpoint(path: str) -> dict:
     return checkpoint
 
 
+LAST_CKPT_ENV = "TEMPLATES_LAST_CKPT"
+
+
 def resolve_ckpt_path(cfg: DictConfig, own_dir: str | None = None) -> str | None:
     """`ckpt_path` from the config. `last` means the run directory `own_dir`'s last.ckpt when
     it has one (a named run directory resumes itself), else `find_last_checkpoint`.
@@ -294,6 +308,9 @@ def resolve_ckpt_path(cfg: DictConfig, own_dir: str | None = None) -> str | None
     if not path:
         return None
     if path == "last":
+        inherited = os.environ.get(LAST_CKPT_ENV)
+        if inherited and not is_rank_zero_process():
+            return inherited  # the file rank 0 chose: runs may have ended since
         own = Path(own_dir) / "checkpoints" / "last.ckpt" if own_dir else None
         if own is not None and own.is_file():
             path, why = own, "this run directory's"
@@ -301,6 +318,7 @@ def resolve_ckpt_path(cfg: DictConfig, own_dir: str | None = None) -> str | None
             path = find_last_checkpoint(cfg.paths.log_dir, cfg.name, exclude=own_dir)
             why = f"the newest finished or stopped run of '{cfg.name}'"
         rank_zero_info(f"ckpt_path=last: {path} ({why})")
+        os.environ[LAST_CKPT_ENV] = str(path)  # for the DDP ranks Lightning starts later
     return str(path)
 
 
@@ -360,9 +378,12 @@ def with_overrides(cfg: DictConfig, saved: DictConfig, group: str, also=()) -> D
     """The checkpoint's `group` config (`saved.<group>`) with this command line's
     `<group>.<key>=` overrides, and the keys `also`, taken from `cfg` on top."""
     node = OmegaConf.create(OmegaConf.to_container(saved[group]))
+    absent = object()
     for key in [*also, *typed_keys()]:
-        if key.startswith(f"{group}.") and OmegaConf.select(cfg, key) is not None:
-            value = OmegaConf.select(cfg, key)
+        value = (
+            OmegaConf.select(cfg, key, default=absent) if key.startswith(f"{group}.") else absent
+        )
+        if value is not absent and not (key in also and value is None):
             OmegaConf.update(node, key[len(group) + 1 :], value, force_add=True)
     return node
 
@@ -390,7 +411,9 @@ def checkpoint_model(cfg: DictConfig, saved: DictConfig) -> tuple[DictConfig, li
         )
     if saved is cfg:
         return cfg.model, []
-    changed = [f"{k}={OmegaConf.select(cfg, k)}" for k in keys if k.startswith("model.")]
+    changed = [
+        f"{k}={OmegaConf.select(cfg, k, default=None)}" for k in keys if k.startswith("model.")
+    ]
     return with_overrides(cfg, saved, "model"), changed
 
 

@@ -5,15 +5,13 @@ The first signal during training asks Lightning's loops to stop at the next batc
 (its own SIGTERM flag); the `StopOnSignal` callback then saves a resumable checkpoint and says how
 to resume, and the entry point exits with 128 + the signal's number, as a shell reports a process
 killed by it: never 0, so `make train && make eval` and schedulers see the run did not finish. A
-second signal, or one outside training, stops at once. Under DDP the signal is forwarded to the
-ranks Lightning started; each exits non-zero.
+second signal, or one outside training, stops at once. Under DDP rank 0 decides: Lightning
+broadcasts its stop to every rank before each batch, and each rank exits non-zero.
 """
 
 import os
 import signal
 import sys
-
-from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
@@ -29,6 +27,7 @@ class Stopped(BaseException):
 class _State:
     signum: int | None = None  # the first stop signal received
     trainer = None  # the Trainer whose loops a signal stops (set by `watch`)
+    reported = False  # the stop was explained on the console (`StopOnSignal`)
 
 
 STATE = _State()
@@ -55,19 +54,30 @@ def _training(trainer) -> bool:
     return trainer is not None and trainer.state.status == TrainerStatus.RUNNING
 
 
+def _say(message: str) -> None:
+    # A signal handler may interrupt a write to stderr: logging or print could re-enter it.
+    os.write(2, f"{message}\n".encode())
+
+
 def _handle(signum: int, frame) -> None:
-    name = signal.Signals(signum).name
+    from common.runs import is_rank_zero_process
+
     trainer = STATE.trainer
+    if not is_rank_zero_process():
+        # Ranks > 0 follow rank 0, whose flag Lightning broadcasts before every batch: stopping
+        # on their own (a terminal's Ctrl+C reaches every rank) would leave a collective half
+        # done. They end with rank 0 (`die_with_parent`), or at the same batch boundary.
+        STATE.signum = STATE.signum or signum
+        return
     if STATE.signum is not None or not _training(trainer):
         STATE.signum = STATE.signum or signum
         raise Stopped(signum)
     STATE.signum = signum
-    # Lightning checks this flag after each batch (and broadcasts rank 0's under DDP).
+    # Lightning checks this flag after each batch and broadcasts rank 0's to every rank before
+    # the next; there is no public way to ask for a stop at a batch boundary.
     trainer._signal_connector.received_sigterm = True
-    launcher = trainer.strategy.launcher
-    if signum != signal.SIGTERM and getattr(launcher, "procs", None):
-        launcher.kill(signal.SIGTERM)  # Lightning forwards SIGTERM itself; the others we do
-    rank_zero_info(f"received {name}: stopping after this batch (again: stop at once)")
+    name = signal.Signals(signum).name
+    _say(f"received {name}: stopping after this batch (again: stop at once)")
 
 
 def install() -> None:
@@ -92,10 +102,11 @@ def die_with_parent() -> None:
     import ctypes
 
     PR_SET_PDEATHSIG = 1
+    parent = os.getppid()
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):
         return
-    if os.getppid() == 1:  # the parent was already gone before prctl took effect
+    if os.getppid() != parent:  # the parent was already gone before prctl took effect
         os._exit(exit_code(signal.SIGKILL))

@@ -26,7 +26,6 @@ from common.instantiate import (
 from common.runs import (
     load_checkpoint,
     resolve_ckpt_path,
-    run_lock,
     save_run_files,
     saved_config,
 )
@@ -91,8 +90,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     signals.watch(trainer)
     for logger in loggers:
         logger.log_hyperparams(resolved)
-    with run_lock(run_dir):
-        metrics = fit_and_test(cfg, trainer, model, datamodule, ckpt_path)
+    metrics = fit_and_test(cfg, trainer, model, datamodule, ckpt_path)
     console.record(f"metrics: {metrics}")
     rank_zero_info(f"run directory: {run_dir}")
     return metrics

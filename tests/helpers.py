@@ -18,11 +18,14 @@ class SignalAt(Callback):
     """Send this process a signal after one training step: a stand-in for `kill`, a scheduler's
     SIGTERM or Ctrl+C, arriving mid-epoch at a known step."""
 
-    def __init__(self, signum: int = 15, step: int = 3, rank: int = 0):
-        self.signum, self.step, self.rank = signum, step, rank
+    def __init__(self, signum: int = 15, step: int = 3, rank: int = 0, group: bool = False):
+        self.signum, self.step, self.rank, self.group = signum, step, rank, group
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.global_rank == self.rank and trainer.global_step == self.step:
             import os
 
-            os.kill(os.getpid(), self.signum)
+            if self.group:  # as a terminal's Ctrl+C: every process of the job at once
+                os.killpg(os.getpgid(0), self.signum)
+            else:
+                os.kill(os.getpid(), self.signum)

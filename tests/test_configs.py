@@ -169,6 +169,34 @@ def test_hparams_search_option(tmp_path, option):
         assert OmegaConf.select(cfg, key) is not None, key
 
 
+CHECKED_GROUPS = ["data", "model", "model/net", "model/optimizer", "model/scheduler", "trainer"]
+CHECKED_GROUPS += ["logger", "callbacks", "debug", "encoder", "model/vit_size"]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [[f"project={p}"] for p in PROJECTS]
+    + [[f"project={project_of(o)}", f"experiment={o}"] for o in options("experiment")]
+    + [[f"project={project_of(o)}", f"hparams_search={o}"] for o in options("hparams_search")]
+    + [
+        [f"project={'sentiment' if group == 'encoder' else 'vit' if 'vit' in group else 'mnist'}"]
+        + [f"{group}={o}"]
+        for group in CHECKED_GROUPS
+        for o in options(group)
+        if not (group == "model/net" or group == "data" or group == "model")  # below
+    ]
+    + [["project=cifar10", f"model/net={o}"] for o in options("model/net")]
+    + [[f"project={DATA_PROJECT.get(o, 'mnist')}", f"data={o}"] for o in options("data")],
+    ids=lambda words: " ".join(words),
+)
+def test_every_shipped_config_passes_the_type_check(tmp_path, overrides):
+    """What `make <verb>` checks before any work (common/checks.py) must accept every config the
+    repo ships, or that config would only fail on the command line."""
+    from common.checks import check_types
+
+    check_types(make_config(tmp_path, overrides))
+
+
 def test_eval_config_composes(tmp_path):
     cfg = make_config(tmp_path, ["project=linreg", "ckpt_path=x.ckpt"], "eval", keep_hydra=True)
     assert cfg.ckpt_path == "x.ckpt"

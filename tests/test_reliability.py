@@ -142,9 +142,39 @@ def test_sigterm_to_rank_0_of_a_ddp_job_ends_every_rank_non_zero(tmp_path):
         "+callbacks.signal._target_=tests.helpers.SignalAt",
         "+callbacks.signal.step=10",
     )
-    assert result.returncode != 0
-    assert "stopped by SIGTERM" in result.stdout + result.stderr
+    assert "Error 143" in result.stderr  # make's report of rank 0's exit code
+    assert "stopped by SIGTERM at epoch 0, step 10" in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
+    (run_dir,) = run_dirs(tmp_path, "linreg")
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 10
+    assert not (run_dir / LOCK).exists()
+    assert not list(run_dir.glob("*process_1.log"))  # rank 1 writes no log of its own
+    time.sleep(2)
+    assert not alive(tmp_path), "a rank outlived the job"
+    assert time.monotonic() - start < 120
+
+
+@pytest.mark.slow
+def test_ctrl_c_to_every_rank_of_a_ddp_job_stops_them_together(tmp_path):
+    start = time.monotonic()
+    job = subprocess.Popen(
+        [PY, "-m", "common.train", "project=linreg", "trainer=ddp", "trainer.accelerator=cpu"]
+        + ["trainer.devices=2", "trainer.max_epochs=5"]
+        + ["+callbacks.signal._target_=tests.helpers.SignalAt", "+callbacks.signal.signum=2"]
+        + ["+callbacks.signal.step=10", "+callbacks.signal.group=true"],
+        cwd=ROOT,
+        env=user_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group: the Ctrl+C reaches the job alone
+    )
+    output = job.communicate(timeout=180)[0]
+    assert job.returncode == 128 + signal.SIGINT, output[-3000:]
+    assert "stopped by SIGINT" in output and "Traceback" not in output
+    (run_dir,) = run_dirs(tmp_path, "linreg")
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["global_step"] in (10, 11)  # the batch boundary rank 0 broadcast its stop at
     time.sleep(2)
     assert not alive(tmp_path), "a rank outlived the job"
     assert time.monotonic() - start < 120
@@ -176,6 +206,17 @@ def fake_run(root: Path, name: str, lock: dict | None = None, age: float = 0) ->
     if lock is not None:
         (root / name / LOCK).write_text(yaml.safe_dump(lock))
     return ckpt
+
+
+def live_lock(run_dir: Path) -> dict:
+    """A lock in `run_dir` naming this (live) process, as a run training there would leave."""
+    import platform
+
+    from common.runs import _process_start
+
+    lock = {"pid": os.getpid(), "host": platform.node(), "start": _process_start(os.getpid())}
+    (run_dir / LOCK).write_text(yaml.safe_dump(lock))
+    return lock
 
 
 def test_ckpt_path_last_skips_a_live_run_and_takes_a_stale_lock_for_stopped(tmp_path, said):
@@ -219,6 +260,37 @@ def test_ckpt_path_last_in_a_named_run_directory_resumes_that_directory(config, 
     assert resolve_ckpt_path(cfg, own_dir=str(tmp_path / "fresh")) == str(newer)
 
 
+def guard_config(run_dir: Path, **keys):
+    """The part of a train config the run-directory guard reads."""
+    from omegaconf import OmegaConf
+
+    hydra = {"output_subdir": ".hydra", "run": {"dir": str(run_dir)}}
+    return OmegaConf.create({"hydra": hydra, "train": True, "ckpt_path": None, **keys})
+
+
+def test_the_guard_refuses_a_folder_with_files_unless_the_launch_resumes_the_run_in_it(tmp_path):
+    from common.runs import RunDirGuard, release_lock
+
+    folder = tmp_path / "mine"
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "config.yaml").write_text("my: own\n")
+    with pytest.raises(UserError, match="already holds files"):
+        RunDirGuard().check(guard_config(folder))
+    with pytest.raises(UserError, match="already holds files"):  # nothing to resume yet
+        RunDirGuard().check(guard_config(folder, ckpt_path="last"))
+    (folder / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    with pytest.raises(UserError, match="already holds files"):  # eval never writes into a run
+        RunDirGuard().check(guard_config(folder, ckpt_path="last", train=None))
+    RunDirGuard().check(guard_config(folder, ckpt_path="last"))  # resuming it: allowed
+    assert yaml.safe_load((folder / LOCK).read_text())["pid"] == os.getpid()
+    release_lock()
+    assert not (folder / LOCK).exists()
+    live_lock(folder)  # another launch training in it right now
+    with pytest.raises(UserError, match="in use by a run that is still training"):
+        RunDirGuard().check(guard_config(folder, ckpt_path="last"))
+
+
+@pytest.mark.slow  # the guard's logic is tested in-process above; this is the command
 def test_a_named_run_directory_holding_files_is_refused_unless_resumed(tmp_path):
     folder = tmp_path / "mine"
     folder.mkdir()
@@ -381,8 +453,6 @@ def test_a_schedule_too_short_for_its_warmup_is_a_user_error(config):
 
 @pytest.mark.parametrize("log_dir", ["file", "unwritable"])
 def test_an_unusable_log_dir_is_refused_before_anything_is_written(tmp_path, log_dir):
-    from omegaconf import OmegaConf
-
     from common.runs import RunDirGuard
 
     path = tmp_path / "somewhere"
@@ -393,11 +463,8 @@ def test_an_unusable_log_dir_is_refused_before_anything_is_written(tmp_path, log
         path.chmod(0o500)
         if os.access(path, os.W_OK):
             pytest.skip("running as root: every folder is writable")
-    config = OmegaConf.create(
-        {"hydra": {"output_subdir": ".hydra", "run": {"dir": f"{path}/linreg/run"}}}
-    )
     with pytest.raises(UserError, match="cannot write the run directory .* LOG_DIR"):
-        RunDirGuard().check(config)
+        RunDirGuard().check(guard_config(path / "linreg" / "run"))
 
 
 # --- 10. eval's data and model options come from the checkpoint ---------------------------------

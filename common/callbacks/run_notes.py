@@ -10,8 +10,8 @@ from common.runs import RUN
 
 class RunNotes(Callback):
     """- Marks the run as begun (a launch that fails later keeps its run directory).
-    - Lowers `log_every_n_steps` to the optimizer steps of one epoch, so a short epoch still logs
-      its training loss (Lightning only warns, and logs nothing).
+    - Lowers `log_every_n_steps` to the optimizer steps of one epoch, so a short epoch logs its
+      training loss every epoch (Lightning only warns, and logs every few epochs, or never).
     - Says when and why early stopping ended the run before `max_epochs`.
     """
 
@@ -26,8 +26,8 @@ class RunNotes(Callback):
         steps = max(1, batches // trainer.accumulate_grad_batches)
         if trainer.log_every_n_steps > steps:
             rank_zero_info(
-                f"logging the training loss every {steps} steps (an epoch has {steps}; "
-                f"trainer.log_every_n_steps={trainer.log_every_n_steps} would log none)"
+                f"logging the training loss every {steps} steps, once an epoch "
+                f"(trainer.log_every_n_steps={trainer.log_every_n_steps} is longer than an epoch)"
             )
             trainer.log_every_n_steps = steps
 

@@ -1,11 +1,13 @@
 """Save a resumable checkpoint when a signal stops training, and say how to resume."""
 
 import shlex
+import signal
 from pathlib import Path
 
 from lightning.pytorch import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from common import signals
 
@@ -39,21 +41,30 @@ class StopOnSignal(Callback):
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         signum = signals.received()
-        if signum is None or trainer.state.fn != TrainerFn.FITTING or trainer.fast_dev_run:
+        # Only Lightning's own stop at a batch boundary leaves a consistent state: a second
+        # signal (`Stopped`) can land mid-step, and any other exception is not a stop.
+        if not isinstance(exception, SIGTERMException) or signum is None:
+            return
+        if trainer.state.fn != TrainerFn.FITTING or trainer.fast_dev_run:
             return
         if not trainer.is_global_zero:
             return  # DDP's state is the same on every rank; rank 0 writes it
         folder = getattr(trainer.checkpoint_callback, "dirpath", None)
         path = Path(folder or Path(self.run_dir) / "checkpoints") / "last.ckpt"
-        name = signals.signal.Signals(signum).name
+        name = signal.Signals(signum).name
+        signals.STATE.reported = True
         where = f"stopped by {name} at epoch {trainer.current_epoch}, step {trainer.global_step}"
         if trainer.training:
             for callback in trainer.checkpoint_callbacks:  # last.ckpt is theirs: no last-v1.ckpt
                 if getattr(callback, "save_last", False) and Path(callback.dirpath) == path.parent:
                     callback.last_model_path = str(path)
             # Not trainer.save_checkpoint: its barrier would wait for ranks that may be gone.
-            checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
-            trainer.strategy.save_checkpoint(checkpoint, path)
+            try:
+                checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+                trainer.strategy.save_checkpoint(checkpoint, path)
+            except Exception as err:  # a full disk, say: say so, and keep the stop
+                rank_zero_info(f"{where}: could not save {path} ({type(err).__name__}: {err})")
+                return
             saved = f"saved {path}"
         elif path.is_file():
             saved = f"during validation: {path} holds the last completed epoch"
