@@ -135,8 +135,7 @@ def _walk(node, path: str):
             yield node, path
             return
         for key, value in node.items():
-            if not str(key).startswith("hydra"):
-                yield from _walk(value, f"{path}.{key}" if path else str(key))
+            yield from _walk(value, f"{path}.{key}" if path else str(key))
 
 
 def check_hardware(cfg: DictConfig) -> None:
@@ -160,12 +159,18 @@ def check_hardware(cfg: DictConfig) -> None:
 
 def check_types(cfg: DictConfig) -> None:
     """Check every `_target_` node of `cfg`: its keys and the types of their values."""
-    try:
-        plain = OmegaConf.to_container(cfg, resolve=True)
-    except Exception as err:  # an interpolation that cannot resolve
-        raise UserError(" ".join(str(err).split())) from None
-    for node, path in _walk(plain, ""):
-        check_node(node, path)
+    for key in cfg:
+        if key == "hydra" or OmegaConf.is_missing(cfg, key):  # Hydra's own; `???` (said later)
+            continue
+        try:
+            value = cfg[key]
+            plain = (
+                OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else None
+            )
+        except Exception as err:  # an interpolation that cannot resolve
+            raise UserError(" ".join(str(err).split())) from None
+        for target, path in _walk(plain, str(key)):
+            check_node(target, path)
 
 
 def check_config(cfg: DictConfig) -> None:

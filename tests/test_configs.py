@@ -7,6 +7,7 @@ from lightning.pytorch import Callback, LightningDataModule, LightningModule, Tr
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import OmegaConf
 
+from common.checks import check_types
 from common.errors import UserError
 from common.instantiate import (
     instantiate_callbacks,
@@ -26,6 +27,7 @@ def project_of(option: str) -> str:
 @pytest.mark.parametrize("project", PROJECTS)
 def test_project_builds_data_and_model(tmp_path, project):
     cfg = offline(make_config(tmp_path, [f"project={project}"]))
+    check_types(cfg)  # what `make train` checks before any work accepts every shipped config
     assert cfg.name == project
     # A GAN monitors nothing (it keeps its last weights); every other project a val/ metric.
     assert cfg.monitor is None or cfg.monitor.split("/")[0] == "val"
@@ -51,6 +53,7 @@ def test_data_option(tmp_path, option):
         (tmp_path / "texts.csv").write_text("text,label\n" + rows)
         overrides.append(f"data.path={tmp_path / 'texts.csv'}")
     cfg = offline(make_config(tmp_path, overrides))
+    check_types(cfg)
     dm = instantiate(cfg.data)
     dm.prepare_data()
     dm.setup("fit")
@@ -63,6 +66,7 @@ def test_model_option_checkpoints_load_with_weights_only(tmp_path, option):
     """A module's saved hyperparameters, weights and data spec are plain values and tensors:
     torch's safe `weights_only=True` loading takes them (an OmegaConf container would not)."""
     cfg = make_config(tmp_path, [f"project={project_of(option)}", f"model={option}"])
+    check_types(cfg)
     model = instantiate_model(cfg.model)
     checkpoint = {"hyper_parameters": dict(model.hparams), "state_dict": model.state_dict()}
     model.on_save_checkpoint(checkpoint)
@@ -80,6 +84,7 @@ def test_net_option(tmp_path, option):
     if "torchvision_vit" in option:  # its own size: no ViT size preset, and a small input here
         overrides += ["~model/vit_size", "model.net.image_size=32"]
     cfg = make_config(tmp_path, overrides)
+    check_types(cfg)
     net = instantiate(cfg.model.net)
     size = cfg.model.net.get("image_size", 32)
     assert net(torch.randn(2, 3, size, size)).shape == (2, cfg.data.num_classes)
@@ -88,6 +93,7 @@ def test_net_option(tmp_path, option):
 @pytest.mark.parametrize("option", options("trainer"))
 def test_trainer_option(tmp_path, option):
     cfg = make_config(tmp_path, [f"trainer={option}"])
+    check_types(cfg)
     if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
         with pytest.raises(UserError, match="This machine has 0 CUDA GPU"):
             instantiate_trainer(cfg)
@@ -107,7 +113,9 @@ def test_logger_option(tmp_path, option):  # mlflow's import alone takes seconds
     overrides = [f"logger={option}"]
     if option == "wandb":
         overrides.append("logger.wandb.offline=true")
-    loggers = instantiate_loggers(make_config(tmp_path, overrides))
+    cfg = make_config(tmp_path, overrides)
+    check_types(cfg)
+    loggers = instantiate_loggers(cfg)
     assert loggers
     for logger in loggers:  # really write: creating the experiment is where setups fail
         logger.log_metrics({"val/loss": 1.0}, step=0)
@@ -118,7 +126,9 @@ def test_logger_option(tmp_path, option):  # mlflow's import alone takes seconds
 
 @pytest.mark.parametrize("option", options("callbacks"))
 def test_callbacks_option(tmp_path, option):
-    callbacks = instantiate_callbacks(make_config(tmp_path, [f"callbacks={option}"]))
+    cfg = make_config(tmp_path, [f"callbacks={option}"])
+    check_types(cfg)
+    callbacks = instantiate_callbacks(cfg)
     assert all(isinstance(cb, Callback) for cb in callbacks)
     if option == "default":
         names = {type(cb).__name__ for cb in callbacks}
@@ -147,7 +157,9 @@ def test_debug_option(tmp_path, option):
     from lightning.pytorch.profilers import SimpleProfiler
 
     plain = instantiate(make_config(tmp_path, ["project=mnist"]).trainer)
-    trainer = instantiate(make_config(tmp_path, ["project=mnist", f"debug={option}"]).trainer)
+    cfg = make_config(tmp_path, ["project=mnist", f"debug={option}"])
+    check_types(cfg)
+    trainer = instantiate(cfg.trainer)
     for key, value in DEBUG_EFFECTS[option].items():
         assert getattr(trainer, key) == value != getattr(plain, key), key
     assert isinstance(trainer.profiler, SimpleProfiler) == (option == "profiler")
@@ -156,6 +168,7 @@ def test_debug_option(tmp_path, option):
 @pytest.mark.parametrize("option", options("experiment"))
 def test_experiment_option(tmp_path, option):
     cfg = make_config(tmp_path, [f"project={project_of(option)}", f"experiment={option}"])
+    check_types(cfg)
     instantiate(cfg.data)
     instantiate(cfg.model)
 
@@ -164,37 +177,10 @@ def test_experiment_option(tmp_path, option):
 def test_hparams_search_option(tmp_path, option):
     overrides = [f"project={project_of(option)}", f"hparams_search={option}"]
     cfg = make_config(tmp_path, overrides, keep_hydra=True)
+    check_types(cfg)
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
     for key in cfg.hydra.sweeper.params:  # every swept key exists in the composed config
         assert OmegaConf.select(cfg, key) is not None, key
-
-
-CHECKED_GROUPS = ["data", "model", "model/net", "model/optimizer", "model/scheduler", "trainer"]
-CHECKED_GROUPS += ["logger", "callbacks", "debug", "encoder", "model/vit_size"]
-
-
-@pytest.mark.parametrize(
-    "overrides",
-    [[f"project={p}"] for p in PROJECTS]
-    + [[f"project={project_of(o)}", f"experiment={o}"] for o in options("experiment")]
-    + [[f"project={project_of(o)}", f"hparams_search={o}"] for o in options("hparams_search")]
-    + [
-        [f"project={'sentiment' if group == 'encoder' else 'vit' if 'vit' in group else 'mnist'}"]
-        + [f"{group}={o}"]
-        for group in CHECKED_GROUPS
-        for o in options(group)
-        if not (group == "model/net" or group == "data" or group == "model")  # below
-    ]
-    + [["project=cifar10", f"model/net={o}"] for o in options("model/net")]
-    + [[f"project={DATA_PROJECT.get(o, 'mnist')}", f"data={o}"] for o in options("data")],
-    ids=lambda words: " ".join(words),
-)
-def test_every_shipped_config_passes_the_type_check(tmp_path, overrides):
-    """What `make <verb>` checks before any work (common/checks.py) must accept every config the
-    repo ships, or that config would only fail on the command line."""
-    from common.checks import check_types
-
-    check_types(make_config(tmp_path, overrides))
 
 
 def test_eval_config_composes(tmp_path):

@@ -2,6 +2,7 @@
 
 import pytest
 
+from common.checks import check_types
 from common.train import train
 from tests.conftest import PROJECTS, offline, options
 
@@ -35,6 +36,7 @@ def test_experiment_fast_dev_run(config, experiment, tiny_fid):
 @pytest.mark.parametrize("encoder", options("encoder"))
 def test_encoder_option(config, encoder):
     cfg = config("project=sentiment", f"encoder={encoder}", "debug=fdr")
+    check_types(cfg)  # what `make train` checks before any work
     assert "test/f1" in train(cfg)
 
 
@@ -43,6 +45,7 @@ def test_optimizer_option(config, optimizer):
     cfg = config(
         "project=mnist", f"model/optimizer={optimizer}", "debug=fdr", "data.synthetic=true"
     )
+    check_types(cfg)
     assert "train/loss" in train(cfg)
 
 
@@ -51,4 +54,5 @@ def test_scheduler_option(config, scheduler):
     cfg = config(
         "project=mnist", f"model/scheduler={scheduler}", "debug=fdr", "data.synthetic=true"
     )
+    check_types(cfg)
     assert "train/loss" in train(cfg)
