@@ -69,9 +69,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # A missing, corrupt or foreign file: one message, before any work.
     saved_spec = None
     if ckpt_path:
-        checkpoint = load_checkpoint(ckpt_path)
-        saved_config(cfg, checkpoint, ckpt_path)  # refuses another project's checkpoint
-        saved_spec = checkpoint.get("data_spec")
+        resumed = load_checkpoint(ckpt_path)
+        saved_config(cfg, resumed, ckpt_path)  # refuses another project's checkpoint
+        saved_spec = resumed.get("data_spec")
     save_run_files(cfg, run_dir)
 
     datamodule = instantiate(cfg.data)
@@ -90,14 +90,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     signals.watch(trainer)
     for logger in loggers:
         logger.log_hyperparams(resolved)
-    metrics = fit_and_test(cfg, trainer, model, datamodule, ckpt_path)
-    console.record(f"metrics: {metrics}")
-    rank_zero_info(f"run directory: {run_dir}")
-    return metrics
 
-
-def fit_and_test(cfg, trainer, model, datamodule, ckpt_path) -> dict[str, float]:
-    which = cfg.get("test_ckpt", "best")
     metrics: dict[str, float] = {}
     if cfg.get("train"):
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
@@ -118,6 +111,8 @@ def fit_and_test(cfg, trainer, model, datamodule, ckpt_path) -> dict[str, float]
             tested = None  # the weights in memory, as fitting left them
         trainer.test(model, datamodule=datamodule, ckpt_path=tested, weights_only=True)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+    console.record(f"metrics: {metrics}")
+    rank_zero_info(f"run directory: {run_dir}")
     return metrics
 
 
