@@ -80,9 +80,10 @@ def _signature(fn) -> tuple[dict, dict]:
     return params, hints
 
 
-def _hints(target) -> tuple[dict, dict]:
+def accepted(target) -> tuple[dict, dict]:
     """The parameters and annotations `target` takes, following a class's `**kwargs` up to the
-    base constructors they are passed to (a datamodule's `batch_size`, say)."""
+    base constructors they are passed to (a datamodule's `batch_size`, say). A `**kwargs` entry
+    is left in only when the chain takes any key."""
     if not inspect.isclass(target):
         return _signature(target)
     params, hints = {}, {}
@@ -104,7 +105,7 @@ def check_node(node: dict, path: str) -> None:
         target = get_method(node["_target_"])
     except Exception:
         return  # instantiate says what is wrong with the name itself
-    params, hints = _hints(target)
+    params, hints = accepted(target)
     takes_any = any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values())
     for key, value in node.items():
         key = str(key)

@@ -37,9 +37,21 @@ USER_ERRORS = (UserError, InstantiationException, MisconfigurationException)
 STOPS = (signals.Stopped, SIGTERMException, KeyboardInterrupt)
 
 
+# The user's HYDRA_FULL_ERROR. `main` sets that variable to 1 so that Hydra raises its errors to
+# us, and puts the user's value back while the task runs (the DDP ranks Lightning starts inherit
+# the environment of that moment).
+_user_full_error: str | None = os.environ.get("HYDRA_FULL_ERROR")
+
+
 def full_errors_wanted() -> bool:
-    # TEMPLATES_FULL_ERROR keeps the user's HYDRA_FULL_ERROR while `main` sets that one for Hydra.
-    return os.environ.get("TEMPLATES_FULL_ERROR", os.environ.get("HYDRA_FULL_ERROR")) == "1"
+    return _user_full_error == "1"
+
+
+def _hydra_full_error(value: str | None) -> None:
+    if value is None:
+        os.environ.pop("HYDRA_FULL_ERROR", None)
+    else:
+        os.environ["HYDRA_FULL_ERROR"] = value
 
 
 def fail(message: str, code: int = 1):
@@ -95,11 +107,7 @@ def entry(config_name: str):
     def decorate(task):
         @functools.wraps(task)
         def run_task(cfg: DictConfig):
-            # Hydra re-raises everything below (we set HYDRA_FULL_ERROR); DDP ranks that
-            # Lightning starts inherit the user's own setting.
-            os.environ.pop("HYDRA_FULL_ERROR", None)
-            if os.environ.get("TEMPLATES_FULL_ERROR") == "1":
-                os.environ["HYDRA_FULL_ERROR"] = "1"
+            _hydra_full_error(_user_full_error)
             if not is_rank_zero_process():
                 signals.die_with_parent()
             console.setup()
@@ -122,7 +130,7 @@ def entry(config_name: str):
                 raise
             finally:
                 release_lock()
-                os.environ["HYDRA_FULL_ERROR"] = "1"
+                _hydra_full_error("1")  # Hydra re-raises what the task raised
 
         hydra_main = hydra.main(
             version_base="1.3", config_path="../configs", config_name=config_name
@@ -132,9 +140,7 @@ def entry(config_name: str):
             register_resolvers()
             signals.install()
             console.quiet_upstream()
-            if "TEMPLATES_FULL_ERROR" not in os.environ:
-                os.environ["TEMPLATES_FULL_ERROR"] = os.environ.get("HYDRA_FULL_ERROR", "0")
-            os.environ["HYDRA_FULL_ERROR"] = "1"  # so Hydra raises its errors to us
+            _hydra_full_error("1")
             try:
                 hydra_main()
             except STOPS as err:

@@ -26,6 +26,18 @@ PathLike = str | os.PathLike
 
 # Paths already warned about for having no digest: each is named once per process.
 _unchecked_warned: set[str] = set()
+# Files already verified, as (real path, mtime, size): `make eval` and a resume read a checkpoint
+# twice (our check before any work, then Lightning's load), and hashing a GB takes most of a
+# second. A file rewritten since has another mtime, and is hashed again.
+_verified: set[tuple] = set()
+
+
+def _identity(path: PathLike) -> tuple | None:
+    try:
+        stat = os.stat(path)
+    except (OSError, TypeError, ValueError):
+        return None  # not a local file (a URL, a stream): always hashed
+    return (os.path.realpath(path), stat.st_mtime_ns, stat.st_size)
 
 
 def _put(h, tag: bytes, payload: bytes = b"") -> None:
@@ -112,14 +124,20 @@ def verify(checkpoint: dict, path: PathLike) -> None:
                 "this repo), so it cannot be checked for corruption; loading it anyway."
             )
         return
+    identity = _identity(path)
+    if identity is not None and identity in _verified:
+        return
     expected = saved.get("sha256") if isinstance(saved, Mapping) else None
     actual = digest(checkpoint)
-    if expected != actual:
-        raise UserError(
-            f"checkpoint {path} is corrupt: its contents do not match the sha256 saved with it "
-            f"(saved {str(expected)[:12]}..., now {actual[:12]}...); it was damaged after it was "
-            f"written. {_siblings_hint(path)}"
-        )
+    if expected == actual:
+        if identity is not None:
+            _verified.add(identity)
+        return
+    raise UserError(
+        f"checkpoint {path} is corrupt: its contents do not match the sha256 saved with it "
+        f"(saved {str(expected)[:12]}..., now {actual[:12]}...); it was damaged after it was "
+        f"written. {_siblings_hint(path)}"
+    )
 
 
 _GLOBAL = re.compile(r"GLOBAL (\S+)")

@@ -17,6 +17,7 @@ from hydra.experimental.callback import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from omegaconf import DictConfig, OmegaConf
 
+from common.data.files import atomic_write
 from common.errors import UserError
 from common.integrity import unsafe_message, verify
 from common.resolvers import REPO_ROOT
@@ -141,10 +142,8 @@ def take_lock(run_dir: Path) -> Path:
         "job": os.environ.get("SLURM_JOB_ID"),
         "since": datetime.now().isoformat(timespec="seconds"),
     }
-    tmp = run_dir / f"{LOCK}.{pid}.tmp"
-    tmp.write_text(yaml.safe_dump(info))
-    os.replace(tmp, path)  # whole or absent for a reader
-    return path
+    # Whole or absent for a reader (`find_last_checkpoint` in another launch).
+    return atomic_write(path, lambda tmp: tmp.write_text(yaml.safe_dump(info)))
 
 
 def release_lock() -> None:
@@ -327,17 +326,13 @@ def drop_retired_keys(node: DictConfig) -> DictConfig:
     checkpoint written by an older version of the code still loads (a warning names them)."""
     from hydra.utils import get_class
 
+    from common.checks import accepted
+
     cls = get_class(node._target_)
-    taken, kinds = set(), (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    for klass in cls.__mro__:  # the constructors that **kwargs pass the keys on to
-        if "__init__" not in klass.__dict__:
-            continue
-        params = inspect.signature(klass.__init__).parameters.values()
-        taken |= {p.name for p in params if p.kind in kinds}
-        if all(p.kind != inspect.Parameter.VAR_KEYWORD for p in params):
-            break
-    else:
+    params, _ = accepted(cls)  # the constructors that **kwargs pass the keys on to
+    if any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return node  # takes anything
+    taken = {name for name, p in params.items() if p.kind != inspect.Parameter.VAR_POSITIONAL}
     retired = [key for key in node if key not in taken and not str(key).startswith("_")]
     if retired:
         rank_zero_warn(

@@ -54,6 +54,16 @@ def make_config(
     return cfg
 
 
+def train_once(tmp_path: Path, overrides: list[str]) -> tuple[Path, dict[str, float]]:
+    """Train the run `overrides` describe under tmp_path (a module-scoped fixture's checkpoint);
+    return its last.ckpt and the metrics `train` returned."""
+    from common.train import train
+
+    cfg = make_config(tmp_path, overrides)
+    metrics = train(cfg)
+    return Path(cfg.paths.output_dir, "checkpoints", "last.ckpt"), metrics
+
+
 @pytest.fixture
 def config(tmp_path):
     return lambda *overrides, name="train": make_config(tmp_path, overrides, name)

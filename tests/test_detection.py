@@ -9,7 +9,7 @@ from PIL import Image
 from common.errors import UserError
 from common.predict import predict
 from common.train import train
-from tests.conftest import FEW_STEPS, make_config
+from tests.conftest import FEW_STEPS, make_config, train_once
 
 SHORT = [
     *FEW_STEPS,
@@ -49,9 +49,7 @@ def test_validation_logs_a_picture_of_the_boxes(tmp_path):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("detection")
-    cfg = make_config(tmp, ["project=detection", "logger=csv", *SHORT])
-    train(cfg)
-    return Path(cfg.paths.output_dir, "checkpoints", "last.ckpt")
+    return train_once(tmp, ["project=detection", "logger=csv", *SHORT])[0]
 
 
 def predict_config(tmp_path, ckpt: Path, image: Path):

@@ -22,7 +22,7 @@ from common.errors import UserError
 from common.predict import load_trained, predict
 from common.sample import sample
 from common.train import train
-from tests.conftest import FEW_STEPS, PYTHON, make_config, run
+from tests.conftest import FEW_STEPS, PYTHON, make_config, run, train_once
 
 SMALL = {
     "mnist": ["model.net.width=8"],
@@ -117,17 +117,13 @@ def detection(tmp_path_factory) -> Path:
     """A detection checkpoint after a few steps: a project that writes a file."""
     tmp = tmp_path_factory.mktemp("detection")
     data = ["data.synthetic_size=[300,40]", "data.val_size=40"]
-    cfg = make_config(tmp, ["project=detection", "logger=csv", *data, *FEW_STEPS])
-    train(cfg)
-    return Path(cfg.paths.output_dir, "checkpoints", "last.ckpt")
+    return train_once(tmp, ["project=detection", "logger=csv", *data, *FEW_STEPS])[0]
 
 
 @pytest.fixture(scope="module")
 def sentiment(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("sentiment")
-    cfg = make_config(tmp, ["project=sentiment", "logger=csv", *FEW_STEPS])
-    train(cfg)
-    return Path(cfg.paths.output_dir, "checkpoints", "last.ckpt")
+    return train_once(tmp, ["project=sentiment", "logger=csv", *FEW_STEPS])[0]
 
 
 def png_claiming(width: int, height: int) -> bytes:

@@ -68,12 +68,10 @@ def said(caplog):
 @pytest.fixture(scope="module")
 def linreg_ckpt(tmp_path_factory):
     """A checkpoint of a 1-epoch linreg run, trained once for the tests that damage copies."""
-    from tests.conftest import make_config
+    from tests.conftest import train_once
 
     tmp = tmp_path_factory.mktemp("linreg")
-    cfg = make_config(tmp, ["project=linreg", "trainer.max_epochs=1", "logger=csv"])
-    metrics = train(cfg)
-    return Path(cfg.paths.output_dir, "checkpoints", "last.ckpt"), metrics
+    return train_once(tmp, ["project=linreg", "trainer.max_epochs=1", "logger=csv"])
 
 
 # --- 1. signals ---------------------------------------------------------------------------------
@@ -222,14 +220,10 @@ def live_lock(run_dir: Path) -> dict:
 def test_ckpt_path_last_skips_a_live_run_and_takes_a_stale_lock_for_stopped(tmp_path, said):
     import platform
 
-    from common.runs import _process_start
-
     root = tmp_path / "logs" / "mnist"
-    here = platform.node()
     older = fake_run(root, "a", age=300)
-    stale = fake_run(root, "b", {"pid": 2**22 + 7, "host": here, "start": "1"}, age=200)
-    me = {"pid": os.getpid(), "host": here, "start": _process_start(os.getpid())}
-    fake_run(root, "c", me, age=0)  # newest, but still training: this process
+    stale = fake_run(root, "b", {"pid": 2**22 + 7, "host": platform.node(), "start": "1"}, age=200)
+    me = live_lock(fake_run(root, "c", age=0).parent.parent)  # newest, but still training: us
     assert find_last_checkpoint(str(tmp_path / "logs"), "mnist") == str(stale)
     assert f"skipping {root / 'c'}, still training (pid {os.getpid()}" in said()
     stale.parent.parent.joinpath(LOCK).write_text(yaml.safe_dump(me))
@@ -241,12 +235,7 @@ def test_ckpt_path_last_skips_a_live_run_and_takes_a_stale_lock_for_stopped(tmp_
 
 
 def test_ckpt_path_last_with_only_live_runs_says_so(tmp_path):
-    import platform
-
-    from common.runs import _process_start
-
-    me = {"pid": os.getpid(), "host": platform.node(), "start": _process_start(os.getpid())}
-    fake_run(tmp_path / "logs" / "mnist", "a", me)
+    live_lock(fake_run(tmp_path / "logs" / "mnist", "a").parent.parent)
     with pytest.raises(UserError, match="only runs still training"):
         find_last_checkpoint(str(tmp_path / "logs"), "mnist")
 

@@ -10,7 +10,7 @@ import pytest
 from common.errors import UserError
 from common.predict import predict
 from common.train import train
-from tests.conftest import make_config
+from tests.conftest import make_config, train_once
 
 ENCODERS = ["bag", "lstm", "gru", "transformer"]
 
@@ -60,9 +60,7 @@ def trained(tmp_path_factory) -> tuple[Path, dict]:
         "data.synthetic_size=[3000,400]",
         "data.val_size=200",
     ]
-    cfg = make_config(tmp, overrides)
-    metrics = train(cfg)
-    return Path(cfg.paths.output_dir, "checkpoints", "last.ckpt"), metrics
+    return train_once(tmp, overrides)
 
 
 @pytest.fixture(scope="module")

@@ -40,19 +40,15 @@ def test_encoder_option(config, encoder):
     assert "test/f1" in train(cfg)
 
 
-@pytest.mark.parametrize("optimizer", options("model/optimizer"))
-def test_optimizer_option(config, optimizer):
-    cfg = config(
-        "project=mnist", f"model/optimizer={optimizer}", "debug=fdr", "data.synthetic=true"
-    )
-    check_types(cfg)
-    assert "train/loss" in train(cfg)
-
-
-@pytest.mark.parametrize("scheduler", options("model/scheduler"))
-def test_scheduler_option(config, scheduler):
-    cfg = config(
-        "project=mnist", f"model/scheduler={scheduler}", "debug=fdr", "data.synthetic=true"
-    )
+@pytest.mark.parametrize(
+    "choice",
+    [
+        f"model/{group}={o}"
+        for group in ("optimizer", "scheduler")
+        for o in options(f"model/{group}")
+    ],
+)
+def test_optimizer_and_scheduler_options(config, choice):
+    cfg = config("project=mnist", choice, "debug=fdr", "data.synthetic=true")
     check_types(cfg)
     assert "train/loss" in train(cfg)
