@@ -3,6 +3,7 @@
 import math
 from pathlib import Path
 
+import matplotlib
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from matplotlib.figure import Figure
@@ -62,12 +63,46 @@ def save_png(picture: torch.Tensor, path: Path) -> Path:
     return path
 
 
+def picture_path(module, tag: str) -> Path:
+    """`<run dir>/images/<tag>_epoch<NNN>.png`: a logged picture kept as a file, to look at
+    without TensorBoard."""
+    name = f"{tag.replace('/', '_')}_epoch{module.current_epoch:03d}.png"
+    return Path(module.trainer.default_root_dir) / "images" / name
+
+
 def log_image_grid(module, tag: str, images: torch.Tensor, nrow: int | None = None) -> None:
-    """Log images in [0, 1] (N, C, H, W) as one grid (`log_figure`), and keep it as
-    `<run dir>/images/<tag>_epoch<NNN>.png` too, to look at without TensorBoard."""
+    """Log images in [0, 1] (N, C, H, W) as one grid (`log_figure`), and keep it as a file
+    (`picture_path`)."""
     if module.trainer.global_rank != 0 or module.trainer.sanity_checking:
         return
     picture = image_grid(images, nrow)
     log_figure(module, tag, picture)
-    name = f"{tag.replace('/', '_')}_epoch{module.current_epoch:03d}.png"
-    save_png(picture, Path(module.trainer.default_root_dir) / "images" / name)
+    save_png(picture, picture_path(module, tag))
+
+
+def log_figure_file(module, tag: str, figure: Figure) -> None:
+    """Log a matplotlib figure (`log_figure`) and keep it as a file (`picture_path`)."""
+    if module.trainer.global_rank != 0 or module.trainer.sanity_checking:
+        return
+    path = picture_path(module, tag)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    log_figure(module, tag, figure)  # TensorBoard's add_figure closes the figure: save first
+
+
+def scatter_figure(
+    points: torch.Tensor, labels: torch.Tensor, class_names: list[str] | None = None, title=""
+) -> Figure:
+    """(N, 2) points coloured by their (N,) integer labels, with a legend of class names."""
+    points, labels = points.detach().float().cpu(), labels.detach().cpu()
+    fig = Figure(figsize=(5.5, 4.5), dpi=100)
+    ax = fig.add_subplot()
+    cmap = matplotlib.colormaps["tab10"]
+    for k in labels.unique().tolist():
+        at = labels == k
+        name = class_names[k] if class_names and k < len(class_names) else str(k)
+        ax.scatter(*points[at].t(), s=6, color=cmap(k % 10), label=name, alpha=0.7)
+    ax.set(title=title, xticks=[], yticks=[])
+    ax.legend(fontsize=7, markerscale=2, loc="best")
+    fig.tight_layout()
+    return fig

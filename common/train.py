@@ -4,6 +4,9 @@ Seed, build data, model, callbacks, loggers and trainer from the config, fit, te
 checkpoint, and return the monitored score so Hydra sweepers can optimize it.
 """
 
+import json
+from pathlib import Path
+
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -112,6 +115,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trainer.test(model, datamodule=datamodule, ckpt_path=tested, weights_only=True)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
     console.record(f"metrics: {metrics}")
+    if trainer.is_global_zero:  # what a sweep's summary reads (common/sweeps.py)
+        Path(run_dir, "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
     rank_zero_info(f"run directory: {run_dir}")
     return metrics
 

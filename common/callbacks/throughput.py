@@ -9,15 +9,17 @@ from lightning.pytorch.utilities import rank_zero_info
 
 class Throughput(L.Callback):
     """Logs `train/samples_per_sec` (all processes together) and `train/epoch_seconds` at the end
-    of every training epoch, and prints them when `verbose`.
+    of every training epoch, and prints them when `verbose`, every `print_every_n_epochs` epochs
+    (projects of many short epochs, such as full-batch graphs, print fewer).
 
     Counts the samples of each training batch as it starts (a shape, no device sync) and syncs
     the device once, at the epoch's end. The time is the training loop's alone: a validation run
     inside the epoch is taken out.
     """
 
-    def __init__(self, verbose: bool = True):
+    def __init__(self, verbose: bool = True, print_every_n_epochs: int = 1):
         self.verbose = verbose
+        self.print_every_n_epochs = max(1, print_every_n_epochs)
         self.samples, self.start, self.paused = 0, 0.0, 0.0
 
     @staticmethod
@@ -34,7 +36,9 @@ class Throughput(L.Callback):
     on_train_start = on_train_epoch_start
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.samples += len(batch[-1])  # (inputs, targets): one target per sample
+        # (inputs, targets): one target per sample; a torch-geometric Batch counts its graphs.
+        graphs = getattr(batch, "num_graphs", None)
+        self.samples += graphs if graphs is not None else len(batch[-1])
 
     # Lightning runs the epoch's validation before `on_train_epoch_end`.
     def on_validation_start(self, trainer, pl_module):
@@ -53,7 +57,7 @@ class Throughput(L.Callback):
         pl_module.log_dict(
             {"train/samples_per_sec": rate, "train/epoch_seconds": seconds}, rank_zero_only=True
         )
-        if self.verbose:
+        if self.verbose and trainer.current_epoch % self.print_every_n_epochs == 0:
             rank_zero_info(
                 f"epoch {trainer.current_epoch}: {rate:,.0f} samples/s, {seconds:.2f} s of training"
             )

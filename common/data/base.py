@@ -8,7 +8,9 @@
   validation split is tested.
 - **Loader kind**, `loader`, one of the class's `loaders`: "device" holds in-memory tensors on the
   training device and serves them with `TensorLoader` (no workers, no copies); "dataloader" is a
-  torch DataLoader with `num_workers`; text adds "bucket" (batches of similar lengths).
+  torch DataLoader with `num_workers`; text adds "bucket" (batches of similar lengths); a graph
+  whose nodes are classified adds "full" (the whole split as one batch per epoch, held on the
+  device: full-batch training, which has nothing to split over DDP processes).
 - **Batch transform**: `on_after_batch_transfer`, on the training device (normalization,
   augmentation).
 - **Spec**: `spec()`, what a model may know about the data (`DataSpec`).
@@ -25,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from common.data.files import fetch_or_explain
-from common.data.loaders import TensorLoader, UnpaddedDistributedSampler
+from common.data.loaders import FullBatchLoader, TensorLoader, UnpaddedDistributedSampler
 from common.data.spec import DataSpec
 from common.errors import UserError
 
@@ -64,10 +66,12 @@ def split(dataset: Dataset, size: float | int, seed: int, key: str = "data.val_s
     return subset(dataset, order[k:]), subset(dataset, order[:k])
 
 
-def to_device(dataset: Dataset, device: torch.device) -> Dataset:
-    """The in-memory dataset with its tensors on `device` (the same object if already there)."""
+def to_device(dataset: Dataset, device: torch.device, moved: dict | None = None) -> Dataset:
+    """The in-memory dataset with its tensors on `device` (the same object if already there).
+    Datasets of their own kind move themselves: `dataset.to(device, moved)`, where `moved` maps
+    what several splits share (the graph of node splits) to its one copy on `device`."""
     if not isinstance(dataset, TensorDataset):
-        return dataset.to(device)
+        return dataset.to(device, moved)
     if dataset.tensors[0].device == device:
         return dataset
     return TensorDataset(*(t.to(device) for t in dataset.tensors))
@@ -202,6 +206,11 @@ class DataModule(L.LightningDataModule):
     def split_batch_over_processes(self) -> None:
         """`batch_size` is global: each of the trainer's processes loads an equal share."""
         world = self.trainer.world_size if self.trainer is not None else 1
+        if self.loader == "full" and world > 1:
+            raise UserError(
+                f"{self.name} trains full-batch (data.loader=full: the whole graph in one step), "
+                f"which has nothing to split over {world} processes: use trainer.devices=1"
+            )
         if self.batch_size % world:
             raise UserError(
                 f"data.batch_size={self.batch_size} is the global batch and must divide evenly "
@@ -225,7 +234,7 @@ class DataModule(L.LightningDataModule):
                 )
             splits = self.prepare_splits(train, val, val if test is None else test)
             self.train_set, self.val_set, self.test_set = splits
-        if self.loader == "device" and self.trainer is not None:
+        if self.loader in ("device", "full") and self.trainer is not None:
             self._move_to(self.trainer.strategy.root_device)
 
     def spec(self) -> DataSpec:
@@ -244,7 +253,7 @@ class DataModule(L.LightningDataModule):
     def _resident(self, dataset: Dataset) -> Dataset:
         if not hasattr(dataset, "tensors"):
             raise UserError(
-                f"data.loader=device needs in-memory tensors, and {type(self).__name__} reads "
+                f"data.loader={self.loader} needs in-memory tensors, and {type(self).__name__} reads "
                 "samples one by one: use data.loader=dataloader"
             )
         return dataset
@@ -253,7 +262,8 @@ class DataModule(L.LightningDataModule):
         sets = [self._resident(s) for s in (self.train_set, self.val_set, self.test_set)]
         shared = self.test_set is self.val_set  # no test set: one copy on the device, not two
         unique = sets[:2] if shared else sets
-        nbytes = sum(t.nbytes for s in unique for t in s.tensors)
+        tensors = {id(t): t for s in unique for t in s.tensors}  # node splits share one graph
+        nbytes = sum(t.nbytes for t in tensors.values())
         if not fits_on(device, nbytes):
             warnings.warn(
                 f"the dataset ({nbytes / 2**30:.1f} GiB) does not fit comfortably in {device} "
@@ -261,7 +271,8 @@ class DataModule(L.LightningDataModule):
                 stacklevel=2,
             )
             return
-        sets = [to_device(s, device) for s in unique]
+        moved = {}
+        sets = [to_device(s, device, moved) for s in unique]
         self.train_set, self.val_set = sets[:2]
         self.test_set = self.val_set if shared else sets[2]
 
@@ -271,6 +282,8 @@ class DataModule(L.LightningDataModule):
 
     def make_loader(self, dataset: Dataset, train: bool):
         """A loader of kind `self.loader` over this process's share of `dataset`."""
+        if self.loader == "full":
+            return FullBatchLoader(self._resident(dataset))
         if self.loader != "device":
             return self.dataloader(dataset, train)
         rank, world = self._rank_world()

@@ -1,5 +1,5 @@
 """The loader kinds' machinery: batches from tensors held on the device, unpadded evaluation
-shards, and length-bucketed batches.
+shards, length-bucketed batches, and whole splits as one batch (full-batch training).
 
 A DataLoader over small images pays per sample: Python indexing, a PIL transform, collate, then
 a host-to-device copy. When the whole dataset is a few uint8 tensors (CIFAR-10 is 150 MB), it can
@@ -182,3 +182,20 @@ class BucketBatchSampler(BatchSampler):
             yield batches[i]
         if rest is not None and not self.drop_last:
             yield rest
+
+
+class FullBatchLoader:
+    """One batch per epoch: the whole split (`dataset.whole()`, or all of a TensorDataset's
+    tensors). Full-batch gradient descent, as node classification on one graph does it."""
+
+    batch_sampler = None  # Lightning inspects a loader the way it would a DataLoader's
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return 1
+
+    def __iter__(self):
+        whole = getattr(self.dataset, "whole", None)
+        yield whole() if whole is not None else self.dataset.tensors
