@@ -117,6 +117,7 @@ TIERS = {
     "test_detection": "learning",
     "test_generative": "learning",
     "test_sentiment": "learning",
+    "test_graph_learning": "learning",
     "test_process": "process",
     "test_reliability": "process",
     "test_predict": "process",

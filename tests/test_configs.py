@@ -43,6 +43,7 @@ DATA_PROJECT = {
     "voc": "detection",
 }
 DATA_PROJECT |= dict.fromkeys(["sentiment_synthetic", "imdb", "text_csv"], "sentiment")
+DATA_PROJECT |= dict.fromkeys(["cora", "citeseer", "pubmed", "mutag", "proteins"], "graph")
 
 
 @pytest.mark.parametrize("option", options("data"))
@@ -57,8 +58,16 @@ def test_data_option(tmp_path, option):
     dm = instantiate(cfg.data)
     dm.prepare_data()
     dm.setup("fit")
-    *inputs, y = next(iter(dm.train_dataloader()))  # (images, labels), (tokens, lengths, labels)
-    assert len(inputs[0]) == len(y) == cfg.data.batch_size
+    batch = next(iter(dm.train_dataloader()))
+    if cfg.data.get("loader") == "full":  # (the whole graph, its training nodes)
+        graph, nodes = batch
+        assert graph.num_nodes == cfg.data.num_nodes
+        assert len(nodes) == cfg.data.train_per_class * cfg.data.num_classes
+    elif hasattr(batch, "num_graphs"):  # small graphs batched as one
+        assert batch.num_graphs == cfg.data.batch_size
+    else:
+        *inputs, y = batch  # (images, labels), (tokens, lengths, labels)
+        assert len(inputs[0]) == len(y) == cfg.data.batch_size
 
 
 @pytest.mark.parametrize("option", options("model"))

@@ -9,6 +9,7 @@ them (and relabel the edges), and the outputs permute the same way.
 - `GAT` (Velickovic et al. 2018): attention weights over neighbours, several heads.
 - `GraphSAGE` (Hamilton et al. 2017): own features and the neighbours' mean, kept apart.
 - `GIN` (Xu et al. 2019): sums, as injective as a 1-WL test, pooled per graph.
+- `MLP`: no message passing at all, the features-only baseline.
 """
 
 import torch
@@ -60,6 +61,21 @@ class NodeNet(nn.Module):
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
         x = F.dropout(self.embed(x, edge_index), self.drop_rate, self.training)
         return self.layers[-1](x, edge_index)  # (N, num_classes)
+
+
+class FeaturesOnly(nn.Linear):
+    """A linear layer that takes the edges and ignores them."""
+
+    def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        return super().forward(x)
+
+
+class MLP(NodeNet):
+    """The baseline without the graph: each node classified from its own features alone. What a
+    GNN scores above it is what the edges taught."""
+
+    def layer(self, in_channels, out_channels, last):
+        return FeaturesOnly(in_channels, out_channels)
 
 
 class GCN(NodeNet):
