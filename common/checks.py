@@ -158,6 +158,21 @@ def check_hardware(cfg: DictConfig) -> None:
         )
 
 
+def check_processes(cfg: DictConfig) -> None:
+    """A full-batch loader (data.loader=full) in more than one process: refused before they
+    start (each would say so). The datamodule checks again for counts known only later."""
+    data, trainer = cfg.get("data"), cfg.get("trainer")
+    if not data or not trainer or data.get("loader") != "full":
+        return
+    devices = trainer.get("devices", "auto")
+    count = len(devices) if isinstance(devices, list | ListConfig) else devices
+    if isinstance(count, int) and count * int(trainer.get("num_nodes", 1)) > 1:
+        from common.data.base import full_batch_refusal
+
+        name = data.get("name", "the data")
+        raise full_batch_refusal(name, count * int(trainer.get("num_nodes", 1)))
+
+
 def check_types(cfg: DictConfig) -> None:
     """Check every `_target_` node of `cfg`: its keys and the types of their values."""
     for key in cfg:
@@ -177,4 +192,5 @@ def check_types(cfg: DictConfig) -> None:
 def check_config(cfg: DictConfig) -> None:
     """Check `cfg` and the hardware it asks for, before any work."""
     check_types(cfg)
+    check_processes(cfg)  # first: its fix (one device) also fixes a lack of GPUs
     check_hardware(cfg)

@@ -9,6 +9,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from common.checks import check_config
 from common.data.graphs import Nodes, edge_homophily
 from common.data.loaders import FullBatchLoader
 from common.errors import UserError
@@ -109,6 +110,24 @@ def test_a_full_batch_epoch_is_one_optimizer_step(tmp_path):
     assert 0 <= metrics["test/acc"] <= 1
     images = sorted(p.name for p in (tmp_path / "logs").rglob("images/*.png"))
     assert images == [f"val_embedding_epoch00{e}.png" for e in (0, 2, 3)]  # every 2nd, the last
+
+
+@pytest.mark.parametrize("devices", ["2", "[0,1]"])
+def test_full_batch_with_more_processes_is_refused_before_they_start(tmp_path, devices):
+    cfg = make_config(tmp_path, ["project=graph", f"trainer.devices={devices}"])
+    with pytest.raises(UserError, match="nothing to split over 2 processes"):
+        check_config(cfg)
+    check_config(
+        make_config(
+            tmp_path,
+            [
+                "project=graph",
+                "experiment=graph_gin",
+                f"trainer.devices={devices}",
+                "trainer.accelerator=cpu",
+            ],
+        )
+    )
 
 
 def test_full_batch_refuses_ddp():

@@ -372,6 +372,42 @@ def test_ddp_on_cpu_trains_with_one_run_directory(tmp_path):
 
 
 @pytest.mark.slow
+def test_full_batch_graph_under_ddp_is_one_readable_error(tmp_path):
+    result = make(
+        tmp_path,
+        "train",
+        "PROJECT=graph",
+        "data.synthetic=true",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+    )
+    assert_one_readable_error(result, "nothing to split over 2 processes: use trainer.devices=1")
+    assert result.stderr.count("error:") == 1  # refused before a second process said it too
+    assert not list((tmp_path / "logs").rglob("*.ckpt"))
+
+
+@pytest.mark.slow
+def test_graph_classification_trains_under_ddp(tmp_path):
+    result = make(
+        tmp_path,
+        "train",
+        "PROJECT=graph",
+        "experiment=graph_gin",
+        "data.synthetic=true",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.max_epochs=2",
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (tmp_path / "logs" / "graph").iterdir()
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert "test/acc" in result.stdout
+
+
+@pytest.mark.slow
 def test_sweep_with_ddp_is_refused_with_the_alternative(tmp_path):
     result = make(
         tmp_path,

@@ -77,6 +77,14 @@ def to_device(dataset: Dataset, device: torch.device, moved: dict | None = None)
     return TensorDataset(*(t.to(device) for t in dataset.tensors))
 
 
+def full_batch_refusal(name: str, processes: int) -> UserError:
+    """Why `loader=full` runs in one process: each would train on the same whole split."""
+    return UserError(
+        f"{name} trains full-batch (data.loader=full: the whole graph in one step), which has "
+        f"nothing to split over {processes} processes: use trainer.devices=1"
+    )
+
+
 def fits_on(device: torch.device, nbytes: int) -> bool:
     """Whether `nbytes` of data can stay on `device` and leave most of it to the model."""
     if device.type != "cuda":
@@ -207,10 +215,7 @@ class DataModule(L.LightningDataModule):
         """`batch_size` is global: each of the trainer's processes loads an equal share."""
         world = self.trainer.world_size if self.trainer is not None else 1
         if self.loader == "full" and world > 1:
-            raise UserError(
-                f"{self.name} trains full-batch (data.loader=full: the whole graph in one step), "
-                f"which has nothing to split over {world} processes: use trainer.devices=1"
-            )
+            raise full_batch_refusal(self.name, world)
         if self.batch_size % world:
             raise UserError(
                 f"data.batch_size={self.batch_size} is the global batch and must divide evenly "
