@@ -2,6 +2,8 @@
 features-only MLP on the synthetic graph by a wide margin, GIN tells trees from cycles, and both
 read their real datasets' raw files (generated here)."""
 
+import pytest
+
 from tests.conftest import train_once
 from tests.graph_files import write_fake_planetoid, write_fake_tu
 
@@ -14,8 +16,9 @@ SMALL_GRAPH = [
     "data.num_classes=4",
     "data.val_size=150",
     "data.test_size=300",
-    "data.synthetic_graph.noise=0.5",
-    "trainer.max_epochs=60",
+    "data.synthetic_graph.noise=0.8",
+    "data.synthetic_graph.homophily=0.8",
+    "trainer.max_epochs=40",
     "model.picture_every_n_epochs=0",
     "logger=csv",
 ]
@@ -24,7 +27,7 @@ SMALL_GRAPH = [
 def test_gcn_learns_from_the_edges_what_the_features_alone_do_not_tell(tmp_path):
     _, gcn = train_once(tmp_path / "gcn", [*SMALL_GRAPH, "model/gnn=gcn"])
     _, mlp = train_once(tmp_path / "mlp", [*SMALL_GRAPH, "model/gnn=mlp"])
-    assert gcn["test/acc"] > 0.75  # chance: 0.25
+    assert gcn["test/acc"] > 0.7  # chance: 0.25; measured 0.82 for seeds 0-2 (MLP 0.37-0.44)
     assert gcn["test/acc"] > mlp["test/acc"] + 0.2
 
 
@@ -55,6 +58,7 @@ def test_cora_from_its_raw_files(tmp_path):
     assert metrics["test/acc"] > 0.6  # chance: 1/7
 
 
+@pytest.mark.slow  # GIN's learning is tested above, the TU reader in test_graph.py
 def test_mutag_fold_from_its_raw_files(tmp_path):
     write_fake_tu(tmp_path / "data", "MUTAG", num_features=7, graphs=400)
     overrides = [

@@ -32,8 +32,8 @@ def csbm(
     """A contextual stochastic block model: a graph whose edges and features both hint at the
     class, neither enough alone.
 
-    Classes are balanced and shuffled. Each node has `degree` neighbours on average, a fraction
-    `homophily` of them of its own class. Features are the class mean (a random unit vector)
+    Classes are balanced and shuffled. Each node has about `degree` neighbours on average, a
+    fraction `homophily` of them of its own class (a stochastic block model). Features are the class mean (a random unit vector)
     plus Gaussian noise of std `noise` per dimension: at noise 0.5 a classifier of the features
     alone confuses classes often; averaging over same-class neighbours cancels the noise.
     """
@@ -46,18 +46,21 @@ def csbm(
     means = torch.randn(num_classes, num_features, generator=gen)
     means = means / means.norm(dim=1, keepdim=True)  # (K, F), unit length
     x = means[y] + noise * torch.randn(num_nodes, num_features, generator=gen)  # (N, F)
-    # Edge probabilities within and across classes that give the asked degree and homophily.
-    per_class = num_nodes / num_classes
-    p_in = degree * homophily / max(per_class - 1, 1)
-    p_out = degree * (1 - homophily) / max(num_nodes - per_class, 1)
-    edges = []
-    for start in range(0, num_nodes, 1024):  # (rows, N) blocks: memory O(1024 N), not O(N^2)
-        rows = torch.arange(start, min(start + 1024, num_nodes))
-        p = torch.where(y[rows, None] == y[None, :], p_in, p_out)
-        picked = (torch.rand(len(rows), num_nodes, generator=gen) < p).nonzero()
-        picked[:, 0] += start
-        edges.append(picked[picked[:, 0] < picked[:, 1]])  # upper triangle: each pair once
-    pairs = torch.cat(edges).t()  # (2, E/2)
+    # Edges drawn as pairs, O(E) rather than a coin per pair of nodes: degree * N / 2 pairs in
+    # all (Poisson), a fraction `homophily` joining a node to a random member of its own class,
+    # the rest to a random member of another class; repeats and self-loops are dropped.
+    members = torch.argsort(y)  # nodes grouped by class: class k at [start[k], start[k+1])
+    sizes = torch.bincount(y, minlength=num_classes)
+    start = torch.cumsum(sizes, 0) - sizes
+    pairs = int(torch.poisson(torch.tensor(degree * num_nodes / 2.0), generator=gen))
+    source = torch.randint(0, num_nodes, (pairs,), generator=gen)
+    same = torch.rand(pairs, generator=gen) < homophily
+    shift = torch.randint(1, max(num_classes, 2), (pairs,), generator=gen)
+    cls = torch.where(same, y[source], (y[source] + shift) % num_classes)
+    offset = (torch.rand(pairs, generator=gen) * sizes[cls]).long()
+    target = members[start[cls] + offset]
+    pairs = torch.stack([source, target])[:, source != target]  # (2, ~E/2)
+    pairs = torch.unique(torch.stack([pairs.min(0).values, pairs.max(0).values]), dim=1)
     edge_index = torch.cat([pairs, pairs.flip(0)], dim=1)  # undirected: both directions
     return Data(x=x, edge_index=edge_index, y=y)
 
