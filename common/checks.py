@@ -139,15 +139,21 @@ def _walk(node, path: str):
             yield from _walk(value, f"{path}.{key}" if path else str(key))
 
 
+def device_count(trainer: DictConfig) -> int | None:
+    """How many devices `trainer.devices` names (a count or a list), None for "auto" and -1."""
+    devices = trainer.get("devices", "auto")
+    count = len(devices) if isinstance(devices, list | ListConfig) else devices
+    return count if isinstance(count, int) and count >= 0 else None
+
+
 def check_hardware(cfg: DictConfig) -> None:
     """`trainer.devices=4` with accelerator auto on a machine with fewer GPUs would start 4 CPU
     processes instead: refuse, and say how to ask for CPU processes on purpose."""
     trainer = cfg.get("trainer")
     if not trainer or trainer.get("fast_dev_run"):
         return
-    accelerator, devices = trainer.get("accelerator", "auto"), trainer.get("devices", "auto")
-    count = len(devices) if isinstance(devices, list | ListConfig) else devices
-    if accelerator not in ("auto", "gpu", "cuda") or not isinstance(count, int) or count <= 1:
+    accelerator, count = trainer.get("accelerator", "auto"), device_count(trainer)
+    if accelerator not in ("auto", "gpu", "cuda") or count is None or count <= 1:
         return
     gpus = torch.cuda.device_count()
     if gpus < count:
@@ -164,13 +170,11 @@ def check_processes(cfg: DictConfig) -> None:
     data, trainer = cfg.get("data"), cfg.get("trainer")
     if not data or not trainer or data.get("loader") != "full":
         return
-    devices = trainer.get("devices", "auto")
-    count = len(devices) if isinstance(devices, list | ListConfig) else devices
-    if isinstance(count, int) and count * int(trainer.get("num_nodes", 1)) > 1:
+    processes = (device_count(trainer) or 1) * int(trainer.get("num_nodes", 1))
+    if processes > 1:
         from common.data.base import full_batch_refusal
 
-        name = data.get("name", "the data")
-        raise full_batch_refusal(name, count * int(trainer.get("num_nodes", 1)))
+        raise full_batch_refusal(data.get("name", "the data"), processes)
 
 
 def check_types(cfg: DictConfig) -> None:

@@ -7,6 +7,7 @@ when one numeric key is all that varies besides them, `summary.png` plots the fi
 against it. Each run's metrics come from the `metrics.json` that `make train` writes.
 """
 
+import itertools
 import json
 import math
 import statistics
@@ -59,7 +60,7 @@ def table(rows: list[dict]) -> str:
     """The summary as Markdown: the overrides every point shares, then a table of one row per
     point (the overrides it does not share), `mean ± std` per test metric."""
     names = sorted({name for row in rows for name in row["stats"]})
-    shared = set.intersection(*(set(row["point"]) for row in rows)) if len(rows) > 1 else set()
+    shared = set.intersection(*(set(row["point"]) for row in rows))
     lines = [
         f"all runs: {' '.join(o for o in rows[0]['point'] if o in shared) or '(defaults)'}",
         "",
@@ -68,7 +69,7 @@ def table(rows: list[dict]) -> str:
     ]
     for row in rows:
         point = " ".join(o for o in row["point"] if o not in shared)
-        cells = [point or "(defaults)", str(row["runs"])]
+        cells = [point or "all", str(row["runs"])]
         for name in names:
             mean, std = row["stats"].get(name, (math.nan, math.nan))
             cells.append(f"{mean:.4f} ± {std:.4f}")
@@ -102,9 +103,11 @@ def summary_figure(rows: list[dict], key: str, xs: list[float], metric: str) -> 
     ax = fig.add_subplot()
     x, mean, std = zip(*points, strict=True)
     ax.errorbar(x, mean, yerr=std, marker="o", capsize=3)
-    runs = min(row["runs"] for row in rows)
-    ax.set(xlabel=key, ylabel=metric, title=f"{metric}: mean ± std of {runs}+ runs per point")
-    if min(x) > 0 and max(x) / min(x) >= 8:
+    counts = sorted({row["runs"] for row in rows})
+    runs = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    ax.set(xlabel=key, ylabel=metric, title=f"{metric}: mean ± std of {runs} runs per point")
+    doublings = all(b / a >= 1.9 for a, b in itertools.pairwise(x)) if min(x) > 0 else False
+    if doublings:  # 1, 2, 4, 8: a log axis spaces them evenly
         ax.set_xscale("log", base=2)
         ax.set_xticks(x, [f"{v:g}" for v in x])
     ax.grid(alpha=0.3)

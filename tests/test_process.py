@@ -30,18 +30,16 @@ def make(tmp_path: Path, *words: str, timeout: float = 300):
     return run("make", "-s", f"VENV={VENV}", *words, env=user_env(tmp_path), timeout=timeout)
 
 
+def make_ddp(tmp_path: Path, *words: str, timeout: float = 180):
+    """`make train` as two DDP processes on the CPU, with `words` (PROJECT=... among them). The
+    timeout turns a hang (a rank waiting forever on another) into a failure."""
+    ddp = ("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")
+    return make(tmp_path, "train", *ddp, *words, timeout=timeout)
+
+
 def make_ddp_linreg(tmp_path: Path, *words: str):
     """`make train PROJECT=linreg` as two DDP processes on the CPU, with `words` added."""
-    return make(
-        tmp_path,
-        "train",
-        "PROJECT=linreg",
-        "trainer=ddp",
-        "trainer.accelerator=cpu",
-        "trainer.devices=2",
-        *words,
-        timeout=180,  # turns a hang (a rank waiting forever on another) into a failure
-    )
+    return make_ddp(tmp_path, "PROJECT=linreg", *words)
 
 
 def assert_one_readable_error(result, *fragments: str) -> None:
@@ -353,18 +351,8 @@ def test_contradictory_run_switches_are_user_errors(config, overrides, message):
 
 @pytest.mark.slow
 def test_ddp_on_cpu_trains_with_one_run_directory(tmp_path):
-    result = make(
-        tmp_path,
-        "train",
-        "PROJECT=mnist",
-        "trainer=ddp",
-        "trainer.accelerator=cpu",
-        "trainer.devices=2",
-        "data.synthetic=true",
-        "trainer.max_epochs=1",
-        "trainer.limit_train_batches=10",
-        timeout=600,
-    )
+    words = ("PROJECT=mnist", "data.synthetic=true", "trainer.max_epochs=1")
+    result = make_ddp(tmp_path, *words, "trainer.limit_train_batches=10", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = (tmp_path / "logs" / "mnist").iterdir()  # the second rank wrote no run of its own
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
@@ -373,15 +361,7 @@ def test_ddp_on_cpu_trains_with_one_run_directory(tmp_path):
 
 @pytest.mark.slow
 def test_full_batch_graph_under_ddp_is_one_readable_error(tmp_path):
-    result = make(
-        tmp_path,
-        "train",
-        "PROJECT=graph",
-        "data.synthetic=true",
-        "trainer=ddp",
-        "trainer.accelerator=cpu",
-        "trainer.devices=2",
-    )
+    result = make_ddp(tmp_path, "PROJECT=graph", "data.synthetic=true")
     assert_one_readable_error(result, "nothing to split over 2 processes: use trainer.devices=1")
     assert result.stderr.count("error:") == 1  # refused before a second process said it too
     assert not list((tmp_path / "logs").rglob("*.ckpt"))
@@ -389,18 +369,8 @@ def test_full_batch_graph_under_ddp_is_one_readable_error(tmp_path):
 
 @pytest.mark.slow
 def test_graph_classification_trains_under_ddp(tmp_path):
-    result = make(
-        tmp_path,
-        "train",
-        "PROJECT=graph",
-        "experiment=graph_gin",
-        "data.synthetic=true",
-        "trainer=ddp",
-        "trainer.accelerator=cpu",
-        "trainer.devices=2",
-        "trainer.max_epochs=2",
-        timeout=600,
-    )
+    words = ("PROJECT=graph", "experiment=graph_gin", "data.synthetic=true", "trainer.max_epochs=2")
+    result = make_ddp(tmp_path, *words, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = (tmp_path / "logs" / "graph").iterdir()
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
