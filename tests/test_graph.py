@@ -13,7 +13,7 @@ from common.checks import check_config
 from common.data.graphs import Nodes, edge_homophily
 from common.data.loaders import FullBatchLoader
 from common.errors import UserError
-from common.sweeps import SweepSummary, summarize, varying_number
+from common.sweeps import SweepSummary, summarize, summary_figure, varying_number
 from projects.graph.data import PlanetoidData, TUData, csbm, trees_and_cycles
 from projects.graph.nets import GAT, GCN, GIN, MLP, GraphSAGE
 from tests.conftest import make_config, options, train_once
@@ -249,3 +249,10 @@ def test_sweep_summary_draws_one_numeric_key(tmp_path):
     rows = summarize(runs)
     assert [r["runs"] for r in rows] == [2, 2, 2, 2]
     assert varying_number(rows) == ("model.net.num_layers", [1.0, 2.0, 4.0, 8.0])
+    figure = summary_figure(rows, *varying_number(rows), "test/acc")
+    assert figure.axes[0].get_xscale() == "log"  # doublings spaced evenly
+    (x, mean, _), *_ = [line.get_data() + (None,) for line in figure.axes[0].lines]
+    assert list(x) == [1, 2, 4, 8] and list(mean) == pytest.approx([1, 0.5, 0.25, 0.125])
+    steps = [([f"h={h}"], {"test/acc": h}) for h in (0.1, 0.3, 0.5)]
+    rows = summarize(steps)
+    assert summary_figure(rows, *varying_number(rows), "test/acc").axes[0].get_xscale() == "linear"
