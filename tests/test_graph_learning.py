@@ -41,7 +41,7 @@ def test_gin_tells_trees_from_graphs_with_cycles(tmp_path):
         "logger=csv",
     ]
     _, metrics = train_once(tmp_path, overrides)
-    assert metrics["test/acc"] > 0.8  # chance: 0.5; seeds 0, 1, 2, 42 gave 0.85-0.975
+    assert metrics["test/acc"] > 0.8  # chance: 0.5; seeds 0, 1, 2, 42 gave 0.9-1.0
 
 
 def test_cora_from_its_raw_files(tmp_path):

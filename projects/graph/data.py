@@ -33,9 +33,10 @@ def csbm(
     class, neither enough alone.
 
     Classes are balanced and shuffled. Each node has about `degree` neighbours on average, a
-    fraction `homophily` of them of its own class (a stochastic block model). Features are the class mean (a random unit vector)
-    plus Gaussian noise of std `noise` per dimension: at noise 0.5 a classifier of the features
-    alone confuses classes often; averaging over same-class neighbours cancels the noise.
+    fraction `homophily` of them of its own class (a stochastic block model). Features are the
+    class mean (a random unit vector) plus Gaussian noise of std `noise` per dimension: the
+    noise makes a classifier of the features alone confuse classes often, and averaging over
+    same-class neighbours cancels part of it.
     """
     if not 0 <= homophily <= 1:
         raise UserError(f"data.synthetic_graph.homophily={homophily} must be in [0, 1]")
@@ -52,12 +53,12 @@ def csbm(
     members = torch.argsort(y)  # nodes grouped by class: class k at [start[k], start[k+1])
     sizes = torch.bincount(y, minlength=num_classes)
     start = torch.cumsum(sizes, 0) - sizes
-    pairs = int(torch.poisson(torch.tensor(degree * num_nodes / 2.0), generator=gen))
-    source = torch.randint(0, num_nodes, (pairs,), generator=gen)
-    same = torch.rand(pairs, generator=gen) < homophily
-    shift = torch.randint(1, max(num_classes, 2), (pairs,), generator=gen)
+    count = int(torch.poisson(torch.tensor(degree * num_nodes / 2.0), generator=gen))
+    source = torch.randint(0, num_nodes, (count,), generator=gen)
+    same = torch.rand(count, generator=gen) < homophily
+    shift = torch.randint(1, max(num_classes, 2), (count,), generator=gen)  # another class
     cls = torch.where(same, y[source], (y[source] + shift) % num_classes)
-    offset = (torch.rand(pairs, generator=gen) * sizes[cls]).long()
+    offset = (torch.rand(count, generator=gen) * sizes[cls]).long()
     target = members[start[cls] + offset]
     pairs = torch.stack([source, target])[:, source != target]  # (2, ~E/2)
     pairs = torch.unique(torch.stack([pairs.min(0).values, pairs.max(0).values]), dim=1)
@@ -113,7 +114,6 @@ class PlanetoidData(DataModule):
         self.class_names = list(class_names) if class_names else None
         self.train_per_class = train_per_class
         self.synthetic_graph = dict(synthetic_graph or {})
-        self.graph: Data | None = None  # after setup: the whole graph, for pictures
 
     @property
     def location(self) -> Path:
@@ -139,7 +139,7 @@ class PlanetoidData(DataModule):
         return self._splits(graph, *(mask.nonzero().flatten() for mask in masks))
 
     def generate(self) -> Splits:
-        knobs = {"degree": 4.0, "homophily": 0.7, "noise": 0.5, **self.synthetic_graph}
+        knobs = {"degree": 4.0, "homophily": 0.7, "noise": 0.3, **self.synthetic_graph}
         graph = csbm(self.num_nodes, self.num_classes, self.num_features, **knobs, seed=self.seed)
         split = per_class_split(
             graph.y, self.train_per_class, self.val_size, self.test_size, self.seed + 1
@@ -153,7 +153,6 @@ class PlanetoidData(DataModule):
                 f"{self.name} has {features} features and {classes} classes, the config says "
                 f"data.num_features={self.num_features}, data.num_classes={self.num_classes}"
             )
-        self.graph = graph
         return Splits(*(Nodes(graph, i) for i in index))
 
 
@@ -164,7 +163,7 @@ def trees_and_cycles(count: int, num_features: int, seed: int) -> list[Data]:
     """Small graphs to classify by shape: trees (label 0) or trees with 1-3 extra edges, which
     close cycles (label 1). Node features are random one-hot "atom types" that carry no label
     information: only the structure does (a tree has exactly nodes - 1 edges), which a GIN's
-    sum pooling can count and a mean of node features cannot see."""
+    sum pooling can count and an average of the node features alone cannot see."""
     gen = torch.Generator().manual_seed(seed)
     graphs = []
     for i in range(count):
@@ -172,7 +171,8 @@ def trees_and_cycles(count: int, num_features: int, seed: int) -> list[Data]:
         parents = [int(torch.randint(0, v, (1,), generator=gen)) for v in range(1, n)]
         pairs = {(p, v) for v, p in enumerate(parents, start=1)}  # a random tree
         label = i % 2
-        while label and len(pairs) < n - 1 + int(torch.randint(1, 4, (1,), generator=gen)):
+        edges = n - 1 + label * int(torch.randint(1, 4, (1,), generator=gen))
+        while len(pairs) < edges:
             a, b = sorted(torch.randint(0, n, (2,), generator=gen).tolist())
             if a != b:
                 pairs.add((a, b))
