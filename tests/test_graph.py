@@ -15,6 +15,7 @@ from common.data.loaders import FullBatchLoader
 from common.errors import UserError
 from common.sweeps import SweepSummary, summarize, summary_figure, varying_number
 from projects.graph.data import PlanetoidData, TUData, csbm, trees_and_cycles
+from projects.graph.model import attention_figure
 from projects.graph.nets import GAT, GCN, GIN, MLP, GraphSAGE
 from tests.conftest import make_config, options, train_once
 from tests.graph_files import random_graph, write_fake_planetoid, write_fake_tu
@@ -256,3 +257,20 @@ def test_sweep_summary_draws_one_numeric_key(tmp_path):
     steps = [([f"h={h}"], {"test/acc": h}) for h in (0.1, 0.3, 0.5)]
     rows = summarize(steps)
     assert summary_figure(rows, *varying_number(rows), "test/acc").axes[0].get_xscale() == "linear"
+
+
+def test_attention_figure_shows_each_picked_nodes_neighbours_and_itself():
+    x, edge_index = random_graph(n=12, edges=40)
+    net = GAT(5, 3, heads=2).eval()
+    edges, weights = net.attention(x, edge_index)
+    y = torch.arange(12) % 3
+    figure = attention_figure(edges, weights, y, ["a", "b", "c"], nodes=3)
+    degree = torch.bincount(edges[1], minlength=12)  # neighbours + self
+    picked = [n for n in range(12) if 5 <= degree[n] <= 13][:3]
+    assert len(figure.axes) == len(picked) > 0
+    for ax, node in zip(figure.axes, picked, strict=True):
+        bars = ax.patches
+        assert len(bars) == degree[node]  # one bar per neighbour, and one for itself
+        labels = [t.get_text() for t in ax.get_xticklabels()]
+        assert labels.count("self") == 1
+        assert sum(b.get_height() for b in bars) == pytest.approx(1, abs=1e-5)  # a softmax

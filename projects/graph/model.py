@@ -62,7 +62,8 @@ class NodeClassifier(Classifier):
     def on_validation_epoch_end(self) -> None:
         every = self.picture_every_n_epochs
         last = self.current_epoch == self.trainer.max_epochs - 1
-        if self.graph is None or not every or not (self.current_epoch % every == 0 or last):
+        due = every and (self.current_epoch % every == 0 or last)
+        if self.graph is None or not due or self.trainer.sanity_checking:
             return
         x, edge_index, y = self.graph.x, self.graph.edge_index, self.graph.y
         shown = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
@@ -100,7 +101,7 @@ def attention_figure(
     """Bars: how `nodes` nodes (of 4 to 12 neighbours) weight each neighbour and themselves,
     averaged over heads; green for a neighbour of the node's own class, red for another."""
     source, target = edges.cpu()
-    weights, y = weights.float().mean(dim=1).cpu(), y.cpu()  # (E,): one weight per edge
+    weights, y = weights.detach().float().mean(dim=1).cpu(), y.cpu()  # (E,): one per edge
     degree = torch.bincount(target, minlength=len(y))
     picked = ((degree >= 5) & (degree <= 13)).nonzero().flatten()[:nodes].tolist()  # self incl.
     fig = Figure(figsize=(3.0 * max(len(picked), 1), 2.8), dpi=100)
@@ -108,7 +109,8 @@ def attention_figure(
         ax = fig.add_subplot(1, len(picked), i + 1)
         at = (target == node).nonzero().flatten()
         same = y[source[at]] == y[node]
-        ax.bar(range(len(at)), weights[at], color=["tab:green" if s else "tab:red" for s in same])
+        colors = ["tab:green" if s else "tab:red" for s in same]
+        ax.bar(range(len(at)), weights[at].tolist(), color=colors)
         labels = ["self" if int(j) == node else str(int(j)) for j in source[at]]
         ax.set_xticks(range(len(at)), labels, rotation=90, fontsize=6)
         cls = names[int(y[node])] if names else int(y[node])
