@@ -139,8 +139,9 @@ def _walk(node, path: str):
             yield from _walk(value, f"{path}.{key}" if path else str(key))
 
 
-def device_count(trainer: DictConfig) -> int | None:
-    """How many devices `trainer.devices` names (a count or a list), None for "auto" and -1."""
+def requested_devices(trainer: DictConfig) -> int | None:
+    """How many devices `trainer.devices` asks for (a count or a list); None for "auto", -1 and
+    strings, which the datamodule's check meets once the trainer has counted its processes."""
     devices = trainer.get("devices", "auto")
     count = len(devices) if isinstance(devices, list | ListConfig) else devices
     return count if isinstance(count, int) and count >= 0 else None
@@ -152,7 +153,7 @@ def check_hardware(cfg: DictConfig) -> None:
     trainer = cfg.get("trainer")
     if not trainer or trainer.get("fast_dev_run"):
         return
-    accelerator, count = trainer.get("accelerator", "auto"), device_count(trainer)
+    accelerator, count = trainer.get("accelerator", "auto"), requested_devices(trainer)
     if accelerator not in ("auto", "gpu", "cuda") or count is None or count <= 1:
         return
     gpus = torch.cuda.device_count()
@@ -170,7 +171,7 @@ def check_processes(cfg: DictConfig) -> None:
     data, trainer = cfg.get("data"), cfg.get("trainer")
     if not data or not trainer or data.get("loader") != "full":
         return
-    processes = (device_count(trainer) or 1) * int(trainer.get("num_nodes", 1))
+    processes = (requested_devices(trainer) or 1) * int(trainer.get("num_nodes", 1))
     if processes > 1:
         from common.data.base import full_batch_refusal
 

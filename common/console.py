@@ -18,7 +18,7 @@ NOISE = (
     # Lightning 2.6 on torch 2.14 calls a deprecated torch API on every fit (DESIGN.md).
     r"isinstance\(treespec, LeafSpec\)",
     # Importing torch_geometric compiles a helper with torch.jit.script, which torch 2.14
-    # deprecates: the graph project works the same (STACK_FACTS.md).
+    # deprecates: torch_geometric works the same (STACK_FACTS.md).
     r"`torch\.jit\.script` is deprecated",
     # Our progress bar and model summary are chosen in configs/callbacks/.
     r"Trainer already configured with model summary callbacks",

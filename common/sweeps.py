@@ -1,10 +1,11 @@
 """What a sweep (`-m`) adds up to: one table over its runs, and a figure when one number varies.
 
 Results that vary with the seed (or the cross-validation fold) mean little alone: a sweep such as
-`-m seed=range(10) model/gnn=gcn,gat` is summarized per point, the replicate keys (`seed`,
-`data.fold`) averaged out, as mean ± std of every test metric, in `<sweep dir>/summary.md`;
-when one numeric key is all that varies besides them, `summary.png` plots the first test metric
-against it. Each run's metrics come from the `metrics.json` that `make train` writes.
+`-m seed=range(10) model.optimizer.lr=0.01,0.1` is summarized per point, the replicate keys
+(`seed`, `data.fold`) averaged out, as mean ± std of every test metric, in
+`<sweep dir>/summary.md`; when one numeric key is all that varies besides them, `summary.png`
+plots the test accuracy (or the first test metric) against it. Each run's metrics come from the
+`metrics.json` that `make train` writes. A run that fails ends the sweep, with no summary.
 """
 
 import itertools

@@ -10,11 +10,11 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from common.checks import check_config
-from common.data.graphs import Nodes, edge_homophily
+from common.data.graphs import Nodes
 from common.data.loaders import FullBatchLoader
 from common.errors import UserError
 from common.sweeps import SweepSummary, summarize, summary_figure, varying_number
-from projects.graph.data import PlanetoidData, TUData, csbm, trees_and_cycles
+from projects.graph.data import PlanetoidData, TUData, csbm, edge_homophily, trees_and_cycles
 from projects.graph.model import attention_figure
 from projects.graph.nets import GAT, GCN, GIN, MLP, GraphSAGE
 from tests.conftest import make_config, options, train_once
@@ -65,8 +65,12 @@ def test_messages_travel_only_along_edges(net_class):
     alone = net(x[:1], torch.empty(2, 0, dtype=torch.long))  # (1, 3)
     assert torch.allclose(net(x, edge_index)[0], alone[0], atol=1e-5)
     assert torch.allclose(net(others_changed, edge_index)[0], alone[0], atol=1e-5)
-    if net_class is not MLP:  # a neighbour's features do reach a connected node
-        assert not torch.allclose(net(others_changed, edge_index)[1:], net(x, edge_index)[1:])
+    # Change one node's features: its neighbour's output changes, unless the net ignores edges.
+    i, j = edge_index[:, 0].tolist()
+    one_changed = x.clone()
+    one_changed[j] += 1.0
+    reached = not torch.allclose(net(one_changed, edge_index)[i], net(x, edge_index)[i])
+    assert reached == (net_class is not MLP)
 
 
 def test_gat_attention_sums_to_one_per_node_and_head():
@@ -188,13 +192,20 @@ def test_planetoid_refuses_files_unlike_the_config(tmp_path):
 
 def test_tu_folds_cover_every_graph_once(tmp_path):
     write_fake_tu(tmp_path, "MUTAG", num_features=7, graphs=50)
+
+    def identity(graph):  # exact: the node features (one-hot types) and the edges
+        return (tuple(graph.x.argmax(dim=1).tolist()), tuple(graph.edge_index.flatten().tolist()))
+
     tested = []
     for fold in range(5):
         data = TUData("MUTAG", 7, 2, data_dir=str(tmp_path), folds=5, fold=fold, download=False)
         data.setup("fit")
+        held = {identity(g) for g in data.test_set}
+        assert not held & {identity(g) for g in (*data.train_set, *data.val_set)}
         assert len(data.train_set) + len(data.val_set) + len(data.test_set) == 50
-        tested += [g.edge_index.sum().item() * 1000 + g.num_nodes for g in data.test_set]
-    assert len(tested) == 50  # five folds of ten: each graph tested once
+        tested += [identity(g) for g in data.test_set]
+    everything = {identity(g) for g in (*data.train_set, *data.val_set, *data.test_set)}
+    assert len(everything) == 50 and sorted(tested) == sorted(everything)  # each once
     batch = next(iter(data.train_dataloader()))  # the last fold's
     assert batch.num_graphs == min(data.batch_size, len(data.train_set))
     assert batch.x.shape[1] == 7 and batch.batch.max() == batch.num_graphs - 1

@@ -66,12 +66,10 @@ def split(dataset: Dataset, size: float | int, seed: int, key: str = "data.val_s
     return subset(dataset, order[k:]), subset(dataset, order[:k])
 
 
-def to_device(dataset: Dataset, device: torch.device, moved: dict | None = None) -> Dataset:
-    """The in-memory dataset with its tensors on `device` (the same object if already there).
-    Datasets of their own kind move themselves: `dataset.to(device, moved)`, where `moved` maps
-    what several splits share (the graph of node splits) to its one copy on `device`."""
+def to_device(dataset: Dataset, device: torch.device) -> Dataset:
+    """The in-memory dataset with its tensors on `device` (the same object if already there)."""
     if not isinstance(dataset, TensorDataset):
-        return dataset.to(device, moved)
+        return dataset.to(device)
     if dataset.tensors[0].device == device:
         return dataset
     return TensorDataset(*(t.to(device) for t in dataset.tensors))
@@ -276,8 +274,7 @@ class DataModule(L.LightningDataModule):
                 stacklevel=2,
             )
             return
-        moved = {}
-        sets = [to_device(s, device, moved) for s in unique]
+        sets = [to_device(s, device) for s in unique]
         self.train_set, self.val_set = sets[:2]
         self.test_set = self.val_set if shared else sets[2]
 

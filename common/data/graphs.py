@@ -34,12 +34,10 @@ class Nodes(Dataset):
     def subset(self, indices: torch.Tensor) -> "Nodes":
         return Nodes(self.graph, self.index[indices.to(self.index.device)])
 
-    def to(self, device: torch.device, moved: dict | None = None) -> "Nodes":
-        """These nodes on `device`; the graph is copied once for all splits sharing `moved`."""
-        moved = {} if moved is None else moved
-        if id(self.graph) not in moved:
-            moved[id(self.graph)] = self.graph.to(device)
-        return Nodes(moved[id(self.graph)], self.index.to(device))
+    def to(self, device: torch.device) -> "Nodes":
+        """These nodes on `device`. torch-geometric moves a graph in place (`Data.to` returns
+        the same object), so the splits that share it share one copy on the device."""
+        return Nodes(self.graph.to(device), self.index.to(device))
 
     @property
     def tensors(self) -> tuple[torch.Tensor, ...]:
@@ -55,8 +53,3 @@ def collate_graphs(graphs: list[Data]) -> Batch:
     """Graphs -> one `Batch`: the graphs side by side as one disconnected graph, with `batch`
     (N_total,) saying which graph each node belongs to (what pooling sums over)."""
     return Batch.from_data_list(graphs)
-
-
-def edge_homophily(edge_index: torch.Tensor, y: torch.Tensor) -> float:
-    """The fraction of edges joining two nodes of the same class (1: every neighbour agrees)."""
-    return (y[edge_index[0]] == y[edge_index[1]]).float().mean().item()

@@ -72,7 +72,7 @@ class DetectionDataset(Dataset):
             self.images[idx], self.boxes[idx], self.labels[idx], self.counts[indices]
         )
 
-    def to(self, device: torch.device, moved: dict | None = None) -> "DetectionDataset":
+    def to(self, device: torch.device) -> "DetectionDataset":
         if self.images.device == device:
             return self
         move = (t.to(device) for t in (self.images, self.boxes, self.labels))

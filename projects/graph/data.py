@@ -66,6 +66,11 @@ def csbm(
     return Data(x=x, edge_index=edge_index, y=y)
 
 
+def edge_homophily(edge_index: torch.Tensor, y: torch.Tensor) -> float:
+    """The fraction of edges joining two nodes of the same class (1: every neighbour agrees)."""
+    return (y[edge_index[0]] == y[edge_index[1]]).float().mean().item()
+
+
 def per_class_split(
     y: torch.Tensor, per_class: int, val_size: int, test_size: int, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -51,8 +51,8 @@ class NodeNet(nn.Module):
         return F.relu(x)
 
     def embed(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
-        """The last hidden layer (N, hidden), what the output layer classifies (the input
-        features themselves for a one-layer net)."""
+        """The last hidden layer (N, hidden * concat_heads), what the output layer classifies
+        (the input features themselves for a one-layer net)."""
         for layer in self.layers[:-1]:
             x = F.dropout(x, self.drop_rate, self.training)
             x = self.activation(layer(x, edge_index))
