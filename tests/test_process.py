@@ -223,6 +223,22 @@ def test_resume_from_last_continues_the_epoch_count(config, tmp_path):
     assert state["global_step"] == 3 * steps_per_epoch
 
 
+def test_last_checkpoint_is_the_last_epoch_even_when_the_best_was_earlier(config):
+    # Watching the validation loss for a maximum makes the first epoch the best: a top-k save
+    # happens only there, and Lightning alone would leave last.ckpt at epoch 0.
+    cfg = config("project=linreg", "trainer.max_epochs=3", "monitor_mode=max", "logger=csv")
+    cfg.callbacks.early_stopping = None
+    train(cfg)
+    folder = Path(cfg.paths.output_dir, "checkpoints")
+    (best,) = folder.glob("epoch_*.ckpt")
+    assert torch.load(best, weights_only=True)["epoch"] == 0
+    last = torch.load(folder / "last.ckpt", weights_only=True)
+    assert (
+        last["epoch"] == 2
+        and last["global_step"] == 3 * torch.load(best, weights_only=True)["global_step"]
+    )
+
+
 def test_ckpt_path_last_without_runs_is_a_user_error(config):
     with pytest.raises(UserError, match="no finished or stopped run of 'linreg'"):
         train(config("project=linreg", "ckpt_path=last"))
