@@ -10,7 +10,7 @@ from lightning.pytorch.utilities import rank_zero_info
 class Throughput(L.Callback):
     """Logs `train/samples_per_sec` (all processes together) and `train/epoch_seconds` at the end
     of every training epoch, and prints them when `verbose`, every `print_every_n_epochs` epochs
-    (projects of many short epochs, such as full-batch graphs, print fewer).
+    (projects of many short epochs, such as full-batch training, print fewer).
 
     Counts the samples of each training batch as it starts (a shape, no device sync) and syncs
     the device once, at the epoch's end. The time is the training loop's alone: a validation run

@@ -8,9 +8,9 @@
   validation split is tested.
 - **Loader kind**, `loader`, one of the class's `loaders`: "device" holds in-memory tensors on the
   training device and serves them with `TensorLoader` (no workers, no copies); "dataloader" is a
-  torch DataLoader with `num_workers`; text adds "bucket" (batches of similar lengths); a graph
-  whose nodes are classified adds "full" (the whole split as one batch per epoch, held on the
-  device: full-batch training, which has nothing to split over DDP processes).
+  torch DataLoader with `num_workers`; text adds "bucket" (batches of similar lengths); "full"
+  serves the whole split as one batch per epoch, held on the device (full-batch training, which
+  has nothing to split over DDP processes).
 - **Batch transform**: `on_after_batch_transfer`, on the training device (normalization,
   augmentation).
 - **Spec**: `spec()`, what a model may know about the data (`DataSpec`).
@@ -78,7 +78,7 @@ def to_device(dataset: Dataset, device: torch.device) -> Dataset:
 def full_batch_refusal(name: str, processes: int) -> UserError:
     """Why `loader=full` runs in one process: each would train on the same whole split."""
     return UserError(
-        f"{name} trains full-batch (data.loader=full: the whole graph in one step), which has "
+        f"{name} trains full-batch (data.loader=full: the whole split in one step), which has "
         f"nothing to split over {processes} processes: use trainer.devices=1"
     )
 
@@ -265,7 +265,7 @@ class DataModule(L.LightningDataModule):
         sets = [self._resident(s) for s in (self.train_set, self.val_set, self.test_set)]
         shared = self.test_set is self.val_set  # no test set: one copy on the device, not two
         unique = sets[:2] if shared else sets
-        tensors = {id(t): t for s in unique for t in s.tensors}  # node splits share one graph
+        tensors = {id(t): t for s in unique for t in s.tensors}  # splits may share tensors
         nbytes = sum(t.nbytes for t in tensors.values())
         if not fits_on(device, nbytes):
             warnings.warn(

@@ -186,7 +186,7 @@ class BucketBatchSampler(BatchSampler):
 
 class FullBatchLoader:
     """One batch per epoch: the whole split (`dataset.whole()`, or all of a TensorDataset's
-    tensors). Full-batch gradient descent, as node classification on one graph does it."""
+    tensors). Full-batch gradient descent: every step sees all of the split."""
 
     batch_sampler = None  # Lightning inspects a loader the way it would a DataLoader's
 
