@@ -1,5 +1,5 @@
-"""What every classifier shares: the loss, metrics that stay exact under DDP, and for images,
-prediction on a file."""
+"""What every classifier shares: the loss, metrics that stay exact under DDP, the top-k answer
+`make predict` prints, and for images, prediction on a file."""
 
 from pathlib import Path
 
@@ -78,8 +78,9 @@ class Classifier(TemplateModule):
         self.evaluate(batch, "test")
 
 
-class ImageClassifier(Classifier):
-    """A `Classifier` of images that can `make predict input=<image>`: the top-5 classes."""
+class FileClassifier(Classifier):
+    """A `Classifier` that can `make predict input=<file>`: the file made into one input as the
+    training data was (`read_input`, the subclass's), then the `top_k` classes."""
 
     top_k = 5
 
@@ -89,21 +90,38 @@ class ImageClassifier(Classifier):
             raise UserError("output= is for projects that write a file; a classifier prints")
         return None
 
+    def read_input(self, path: Path) -> torch.Tensor:
+        """One file -> a batch of one input (1, ...) on the model's device; unreadable input is
+        a UserError."""
+        raise NotImplementedError
+
     def predict_file(self, path: Path, output: Path | None = None) -> str:
-        """The image resized, cropped and normalized as the training images were, then the
-        `top_k` classes with their probabilities (test-time augmentation included)."""
+        """The `top_k` classes with their probabilities (test-time augmentation included)."""
+        self.output_path(path, output)
+        probs = self.eval_logits(self.read_input(path)).float().softmax(dim=1)[0]  # (K,)
+        return top_classes(path, probs, self.data_spec.class_names, self.top_k)
+
+
+class ImageClassifier(FileClassifier):
+    """A `Classifier` of images that can `make predict input=<image>`: the top-5 classes."""
+
+    def read_input(self, path: Path) -> torch.Tensor:
+        """The image resized, cropped and normalized as the training images were: (1, C, S, S)."""
         spec = self.data_spec
         if spec.image_size is None:
             raise UserError("this checkpoint holds no data description: train it with this repo")
-        self.output_path(path, output)
         pixels = read_image(path, spec.image_size, spec.in_chans)  # uint8 (C, S, S)
-        x = Normalizer(spec.mean, spec.std)(pixels[None].to(self.device))  # (1, C, S, S)
-        probs = self.eval_logits(x).float().softmax(dim=1)[0]  # (num_classes,)
-        top = probs.topk(min(self.top_k, len(probs)))
-        names = spec.class_names or [str(i) for i in range(len(probs))]
-        width = max(len(names[i]) for i in top.indices.tolist())
-        lines = [
-            f"  {names[i]:<{width}}  {p:6.1%}"
-            for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
-        ]
-        return "\n".join([f"{path}: top {len(lines)} of {len(probs)} classes", *lines])
+        return Normalizer(spec.mean, spec.std)(pixels[None].to(self.device))
+
+
+def top_classes(what, probs: torch.Tensor, class_names: list[str] | None, k: int = 5) -> str:
+    """`what: top k of K classes` and one line per class, most probable first, for one input's
+    probabilities (K,)."""
+    top = probs.topk(min(k, len(probs)))
+    names = class_names or [str(i) for i in range(len(probs))]
+    width = max(len(names[i]) for i in top.indices.tolist())
+    lines = [
+        f"  {names[i]:<{width}}  {p:6.1%}"
+        for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
+    ]
+    return "\n".join([f"{what}: top {len(lines)} of {len(probs)} classes", *lines])

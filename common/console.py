@@ -33,6 +33,9 @@ NOISE = (
     r"self\.log\('train/(samples_per_sec|epoch_seconds)'",
     # `RunNotes` lowers log_every_n_steps to the steps of an epoch and says so.
     r"is smaller than the logging interval Trainer\(log_every_n_steps",
+    # Lightning 2.6 says so on every checkpoint it *saves* (whole training state, as resuming
+    # needs); loading is weights_only=True throughout (common/train.py, common/runs.py).
+    r"`weights_only` was not set, defaulting to `False`",
 )
 NOISE_RE = re.compile("|".join(NOISE))
 UPSTREAM = ("lightning.pytorch", "lightning.fabric")

@@ -8,6 +8,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 
+import common.data.files as files
 import common.data.image_folder as image_folder
 from common.data.image_folder import ImageFolderDataModule, decode_images
 from common.data.images import decode_image
@@ -129,7 +130,7 @@ def test_grey_images(tmp_path):
 
 def test_progress_bar_for_many_files(tmp_path, monkeypatch, capsys):
     root = make_folder(tmp_path / "pics", per_class=2)
-    monkeypatch.setattr(image_folder, "PROGRESS_MIN_FILES", 4)
+    monkeypatch.setattr(files, "PROGRESS_MIN_FILES", 4)
     decode_images(sorted(root.glob("*/*.png")), 8, in_chans=3)
     assert "decoding 6 images" in capsys.readouterr().err
 

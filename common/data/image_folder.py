@@ -6,11 +6,8 @@ Layouts: `root/<class_name>/*.{jpg,jpeg,png,bmp,webp}`, or `root/train/<class_na
 `root/val/` and/or `root/test/` holding the same class folders (see `find_layout`).
 """
 
-import hashlib
 import os
 import warnings
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +15,15 @@ import torch
 from torch.utils.data import TensorDataset
 
 from common.data.base import Splits
-from common.data.files import atomic_write, class_dirs
+from common.data.files import (
+    SPLITS,
+    atomic_write,
+    cache_key,
+    class_dirs,
+    find_layout,
+    for_each_file,
+    list_files,
+)
 from common.data.images import ImageDataModule, decode_image
 from common.errors import UserError
 
@@ -28,123 +33,27 @@ LAYOUT = (
     "<root>/train/<class_name>/..., with <root>/val and/or <root>/test beside it)"
 )
 CACHE_VERSION = 2  # bump when decoding or the cache's contents change, so old caches are unused
-PROGRESS_MIN_FILES = 2000  # below this, decoding takes about a second: no progress bar
-CHUNK = 256  # images per thread-pool task
-SPLITS = ("train", "val", "test")
-
-
-def find_layout(root: Path) -> dict[str, Path | None]:
-    """The folders of the training pool, validation set and test set under `root` (None: none).
-
-    `root/train` with class folders is the pool; then `root/val` and `root/test` are the
-    validation and test sets, except that a lone `root/val` is the test set (as ImageNet's
-    validation images are everyone's test set). Otherwise `root` itself is the pool.
-    """
-    if not (root / "train").is_dir() or not class_dirs(root / "train"):
-        return {"train": root, "val": None, "test": None}
-    val, test = ((root / name) if (root / name).is_dir() else None for name in ("val", "test"))
-    if test is None:
-        val, test = None, val
-    return {"train": root / "train", "val": val, "test": test}
-
-
-def list_images(root: Path, folder: Path, classes: list[str]) -> list[tuple[str, int, int, int]]:
-    """(path relative to root, label, size in bytes, mtime in ns) for every image in
-    `folder/<class>/`, sorted by class then file name.
-
-    `folder`'s class folders must be among `classes` (the label is the index there); each one
-    must hold at least one image. Plain strings and one stat per file: 50,000 files take ~0.1 s.
-    """
-    files = []
-    base = os.path.relpath(folder, root)  # "." or "train", "val", "test"
-    for name in class_dirs(folder):
-        if name not in classes:
-            raise UserError(
-                f"{folder / name} is not one of the training classes ({', '.join(classes)}): "
-                "the val and test folders' class folders must have the training folder's names"
-            )
-        entries = sorted(
-            (
-                e
-                for e in os.scandir(folder / name)
-                if e.is_file()
-                and not e.name.startswith(".")
-                and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS
-            ),
-            key=lambda e: e.name,
-        )
-        if not entries:
-            raise UserError(
-                f"the class folder {folder / name} holds no images "
-                f"({', '.join(IMAGE_EXTENSIONS)}); expected {LAYOUT}. Remove the folder or add "
-                "images to it"
-            )
-        prefix = os.path.normpath(os.path.join(base, name))
-        for e in entries:
-            st = e.stat()
-            files.append(
-                (os.path.join(prefix, e.name), classes.index(name), st.st_size, st.st_mtime_ns)
-            )
-    return files
-
-
-def cache_key(root: Path, image_size: int, in_chans: int, file_lists: dict) -> str:
-    """Hash of what the decoded tensors depend on: the folder, the output size and channels, and
-    every file's split, relative path, label, size and modification time (edits invalidate it)."""
-    h = hashlib.sha256(f"{CACHE_VERSION}|{root.resolve()}|{image_size}|{in_chans}".encode())
-    for split, files in file_lists.items():
-        h.update(f"\n--{split}\n".encode())
-        h.update("\n".join("|".join(map(str, f)) for f in files or []).encode())
-    return h.hexdigest()[:24]
-
-
-@contextmanager
-def progress_bar(total: int, description: str):
-    """Yields `advance(n)`; draws a rich progress bar only for many files."""
-    if total < PROGRESS_MIN_FILES:
-        yield lambda n: None
-        return
-    from rich.console import Console
-    from rich.progress import MofNCompleteColumn, Progress, TimeElapsedColumn
-
-    columns = (*Progress.get_default_columns(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True)) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda n: bar.advance(task, n)
 
 
 def decode_images(paths: list[str | Path], size: int, in_chans: int) -> torch.Tensor:
     """Image files -> uint8 (N, 3, size, size), or (N, size, size) when in_chans == 1.
 
-    A small thread pool decodes chunks of files (PIL releases the GIL while decoding and
+    Decoded on a small thread pool (`for_each_file`; PIL releases the GIL while decoding and
     resizing). A file that cannot be decoded is a UserError naming it: nothing is skipped.
     """
     n, mode = len(paths), "L" if in_chans == 1 else "RGB"
     out = np.empty((n, size, size) if mode == "L" else (n, size, size, 3), dtype=np.uint8)
 
-    def work(start: int, stop: int) -> int:
-        for i in range(start, stop):
-            try:
-                out[i] = decode_image(paths[i], size, mode)
-            except Exception as err:
-                raise UserError(
-                    f"cannot decode the image {paths[i]} ({type(err).__name__}: {err}); fix or "
-                    "remove the file"
-                ) from err
-        return stop - start
-
-    with (
-        ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool,
-        progress_bar(n, f"decoding {n} images") as advance,
-    ):
-        futures = [pool.submit(work, i, min(i + CHUNK, n)) for i in range(0, n, CHUNK)]
+    def read(i: int) -> None:
         try:
-            for future in futures:  # in order, so the first bad file is the one reported
-                advance(future.result())
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
+            out[i] = decode_image(paths[i], size, mode)
+        except Exception as err:
+            raise UserError(
+                f"cannot decode the image {paths[i]} ({type(err).__name__}: {err}); fix or "
+                "remove the file"
+            ) from err
+
+    for_each_file(n, read, f"decoding {n} images")
     images = torch.from_numpy(out)
     return images if mode == "L" else images.permute(0, 3, 1, 2).contiguous()
 
@@ -238,7 +147,9 @@ class ImageFolderDataModule(ImageDataModule):
                     f"out data.{split}_size of the training images instead"
                 )
         files = {
-            split: None if folder is None else list_images(self.root, folder, classes)
+            split: None
+            if folder is None
+            else list_files(self.root, folder, classes, IMAGE_EXTENSIONS, LAYOUT, "images")
             for split, folder in folders.items()
         }
         if len(classes) != self.num_classes:
@@ -246,7 +157,8 @@ class ImageFolderDataModule(ImageDataModule):
                 f"data.num_classes={self.num_classes} but {folders['train']} has {len(classes)} "
                 "class folders; leave data.num_classes to the config, which counts them"
             )
-        key = cache_key(self.root, self.image_size, self.in_chans, files)
+        settings = f"{CACHE_VERSION}|{self.image_size}|{self.in_chans}"
+        key = cache_key(self.root, settings, files)
         if self._decoded is not None and self._decoded[0] == key:
             return self._decoded
         path = self.cache_dir / f"{key}.pt"

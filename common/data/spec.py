@@ -25,6 +25,9 @@ class DataSpec:
     # Text: a trained HF `tokenizers` tokenizer (its JSON) and the longest sequence, in tokens.
     tokenizer: str | None = None
     max_length: int | None = None
+    # Audio: mono clips of num_samples samples at sample_rate Hz, floats in [-1, 1].
+    sample_rate: int | None = None
+    num_samples: int | None = None
     # Not saved: the first n training inputs (n, ...) as the model sees them in evaluation
     # (normalized, not augmented): for statistics a net is initialized from.
     train_inputs: Callable[[int], torch.Tensor] | None = field(default=None, repr=False)
