@@ -9,10 +9,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def class_count(root: str | None, default: int) -> int:
-    """Class sub-folders of an image folder (of `root/train` when that holds them), for
+    """Class sub-folders of a folder of images or clips (of `root/train` when that holds them), for
     `num_classes: ${class_count:${data.root},10}`; `default` when root is unset, not a folder or
     has none (the datamodule then says what is wrong). The folders are `class_dirs`, the rule
-    the image-folder datamodule labels by."""
+    the image- and audio-folder datamodules label by."""
     from common.data.files import class_dirs
 
     if root is None:

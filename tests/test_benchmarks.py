@@ -26,6 +26,14 @@ def test_loader_benchmark_runs_every_path():
     assert result.stdout.count("data.loader=device vs best torchvision path") == 2
 
 
+def test_audio_benchmark_runs_every_path():
+    result = run(sys.executable, "-m", "benchmarks.audio", "--clips", "300")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for path in ("Dataset, 0 workers", "Dataset, 2 workers", "dataloader, batch-wise"):
+        assert path in result.stdout
+    assert re.search(r"\(data.loader=device\) vs best per-clip path: \d+\.\dx", result.stdout)
+
+
 def test_ddp_benchmark_runs_one_and_two_processes():
     result = run(
         sys.executable, "-m", "benchmarks.ddp", "--steps", "8", "--warmup", "2", "--rounds", "1"

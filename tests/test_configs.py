@@ -44,6 +44,7 @@ DATA_PROJECT = {
 }
 DATA_PROJECT |= dict.fromkeys(["sentiment_synthetic", "imdb", "text_csv"], "sentiment")
 DATA_PROJECT |= dict.fromkeys(["cora", "citeseer", "pubmed", "mutag", "proteins"], "graph")
+DATA_PROJECT |= dict.fromkeys(["speech_commands", "audio_folder"], "kws")
 
 
 @pytest.mark.parametrize("option", options("data"))

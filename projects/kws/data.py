@@ -252,7 +252,7 @@ class SpeechCommands(AudioDataModule):
             missing = sorted(set(self.TEN_WORDS) - set(words))
             raise UserError(f"{root} lacks the word folders {', '.join(missing)}")
         layout = "<word>/<speaker>_nohash_<n>.wav, one folder per word"
-        rows = list_files(root, root, words, (".wav",), layout, "clips")
+        rows = list_files(root, root, words, (".wav",), layout, "clips", exclude=(self.NOISE,))
         in_list = {
             name: set((root / f"{name}_list.txt").read_text().split())
             for name in ("validation", "testing")

@@ -28,7 +28,7 @@ def spectrogram_figure(specs: torch.Tensor, titles: list[str], rows: int) -> Fig
     fig = Figure(figsize=(1.9 * cols + 0.4, 1.25 * rows + 0.4), dpi=100)
     for i, (spec, title) in enumerate(zip(specs.cpu(), titles, strict=True)):
         ax = fig.add_subplot(rows, cols, i + 1)
-        ax.imshow(spec, origin="lower", aspect="auto", cmap="magma")
+        ax.imshow(spec.numpy(), origin="lower", aspect="auto", cmap="magma")
         ax.set_title(title, fontsize=7)
         ax.set(xticks=[], yticks=[])
     fig.tight_layout(pad=0.3)
