@@ -98,6 +98,8 @@ def test_log_mel_shapes_and_a_clip_s_features_do_not_depend_on_its_batch():
     assert alone.shape == (1, 1, 40, 101)  # one frame per 10 ms, plus one (centred frames)
     together = mel(torch.cat([quiet, loud]))
     torch.testing.assert_close(together[:1], alone)  # the 80 dB floor is per clip
+    many = 0.1 * torch.randn(40, 16000)  # more than CPU_CHUNK: computed 16 clips at a time
+    torch.testing.assert_close(mel(many), torch.cat([mel(clip[None]) for clip in many]))
     assert MelDB(8000, n_mels=32)(torch.randn(3, 8000)).shape == (3, 1, 32, 101)
 
 

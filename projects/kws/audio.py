@@ -100,10 +100,12 @@ def time_shift(waves: torch.Tensor, max_shift: int) -> torch.Tensor:
     """Each clip (B, T) moved by its own random number of samples in [-max_shift, max_shift],
     silence filling the gap: a word is the same word a little earlier or later."""
     b, t = waves.shape
-    shift = torch.randint(-max_shift, max_shift + 1, (b, 1), device=waves.device)
-    source = torch.arange(t, device=waves.device) - shift  # (B, T): where sample t comes from
-    inside = (source >= 0) & (source < t)
-    return torch.gather(waves, 1, source.clamp(0, t - 1)) * inside
+    padded = torch.nn.functional.pad(waves, (max_shift, max_shift))  # (B, T + 2 max_shift)
+    windows = padded.unfold(1, t, 1)  # (B, 2 max_shift + 1, T): a view, every shift of each clip
+    start = torch.randint(
+        0, 2 * max_shift + 1, (b,), device=waves.device
+    )  # shift: max_shift - start
+    return windows[torch.arange(b, device=waves.device), start]  # one copy of (B, T)
 
 
 def mix_noise(waves: torch.Tensor, bank: torch.Tensor, prob: float, volume: float) -> torch.Tensor:
@@ -111,8 +113,8 @@ def mix_noise(waves: torch.Tensor, bank: torch.Tensor, prob: float, volume: floa
     `bank` (L,) (all of them end to end, L >= T) at a volume drawn from [0, `volume`], then clip
     to [-1, 1]: the same word over a running tap, a bike, a hum."""
     b, t = waves.shape
-    start = (torch.rand(b, 1, device=waves.device) * (len(bank) - t + 1)).long()  # (B, 1)
-    stretch = bank[start + torch.arange(t, device=waves.device)]  # (B, T)
+    stretches = bank.unfold(0, t, 1)  # (L - T + 1, T): a view, every stretch of the recordings
+    start = torch.randint(0, len(stretches), (b,), device=waves.device)
     on = torch.rand(b, 1, device=waves.device) < prob
     gain = torch.rand(b, 1, device=waves.device) * volume * on
-    return (waves + gain * stretch).clamp(-1, 1)
+    return (waves + gain * stretches[start]).clamp(-1, 1)
