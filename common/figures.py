@@ -22,6 +22,8 @@ def confusion_matrix_figure(matrix: torch.Tensor, class_names: list[str] | None 
     ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     ax.set(xticks=range(k), yticks=range(k), xticklabels=names, yticklabels=names)
     ax.set(xlabel="predicted", ylabel="true")
+    if max(len(n) for n in names) > 3:  # longer names would run into each other
+        ax.tick_params(axis="x", labelrotation=45)
     if k <= 20:
         for i in range(k):
             for j in range(k):

@@ -68,6 +68,13 @@ class TemplateModule(L.LightningModule):
                 f"the checkpoint was trained on {len(names)} classes and the data has "
                 f"{len(live.class_names)}: use the data it was trained on"
             )
+        for key in ("sample_rate", "num_samples"):  # a net's front end is built for these
+            ours, theirs = getattr(live, key), saved.get(key)
+            if ours is not None and theirs is not None and ours != theirs:
+                raise UserError(
+                    f"the checkpoint was trained on clips of {key}={theirs} and the data has "
+                    f"{key}={ours}: use the data it was trained on"
+                )
 
     def optimizer_params(self):
         """What the optimizer is called with: the parameters, or (name, parameter) pairs for an

@@ -103,3 +103,13 @@ def test_predict_refuses_a_file_that_is_no_audio_and_an_empty_clip(tmp_path, m5)
     empty = write_wav(tmp_path / "empty.wav", torch.zeros(0), 16000)
     with pytest.raises(UserError, match="holds no samples"):
         predict(predict_config(tmp_path, ckpt, f"input={empty}"))
+
+
+def test_eval_refuses_data_at_another_sampling_rate(tmp_path, m5):
+    from common.eval import evaluate
+
+    ckpt, _, _ = m5
+    overrides = ["project=kws", f"ckpt_path={ckpt}", "logger=csv", "data.sample_rate=8000"]
+    cfg = make_config(tmp_path, overrides, "eval")
+    with pytest.raises(UserError, match="sample_rate=16000 and the data has sample_rate=8000"):
+        evaluate(cfg)

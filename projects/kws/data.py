@@ -56,7 +56,7 @@ def cached_clips(
     sizes = {split: None if rows is None else len(rows) for split, rows in files.items()}
     if path.is_file():
         try:
-            clips = torch.load(path, weights_only=True)
+            clips = torch.load(path, weights_only=True, mmap=True)  # read as batches need it
             shapes = {s: None if c is None else tuple(c.shape) for s, c in clips.items()}
             if shapes != {s: n and (n, num_samples) for s, n in sizes.items()}:
                 raise ValueError(f"holds {shapes}, expected {sizes} clips of {num_samples}")
@@ -113,6 +113,11 @@ class AudioDataModule(DataModule):
             raise UserError(f"data.clip_seconds={clip_seconds} must be positive")
         if not 0 <= noise_prob <= 1:
             raise UserError(f"data.noise_prob={noise_prob} must be in [0, 1]")
+        if time_shift_ms < 0 or noise_volume < 0:
+            raise UserError(
+                f"data.time_shift_ms={time_shift_ms} and data.noise_volume={noise_volume} must "
+                "not be negative (0: off)"
+            )
         self.num_classes = num_classes
         self.sample_rate = sample_rate
         self.num_samples = round(sample_rate * clip_seconds)
@@ -128,7 +133,10 @@ class AudioDataModule(DataModule):
     def generate(self) -> Splits:
         if self.num_classes < 2:
             raise UserError(f"data.num_classes={self.num_classes}: a classifier needs 2 or more")
-        self.class_names = synthetic_words(self.num_classes)
+        try:
+            self.class_names = synthetic_words(self.num_classes)
+        except ValueError as err:
+            raise UserError(f"data.num_classes={self.num_classes}: {err}") from None
         n_train, n_test = self.synthetic_size
         made = [
             synthetic_speech(n, self.num_classes, self.sample_rate, self.num_samples, self.seed, s)
