@@ -7,7 +7,10 @@ from common.train import train
 from tests.conftest import PROJECTS, offline, options
 
 # Keep the heaviest nets small on CPU: fast_dev_run checks that everything connects, not speed.
-SMALLER = {"vit_finetune": ["model.net.image_size=32"]}
+SMALLER = {
+    "vit_finetune": ["model.net.image_size=32"],
+    "kws": ["data.synthetic_size=[256,64]"],  # synthetic speech costs 2 ms a clip to make
+}
 # ViT-B/16 (86M parameters) takes ~11 s even so: `make test-all` runs it; its net is unit-tested
 # in test_vit_nets.py and its config instantiated in test_configs.py.
 SLOW = {"vit_finetune"}
@@ -15,7 +18,7 @@ SLOW = {"vit_finetune"}
 
 @pytest.mark.parametrize("project", PROJECTS)
 def test_fast_dev_run(config, project):
-    cfg = offline(config(f"project={project}", "debug=fdr"))
+    cfg = offline(config(f"project={project}", "debug=fdr", *SMALLER.get(project, [])))
     if "batch_size" in cfg.data:  # a graph trained full batch has none
         cfg.data.batch_size = 32
     metrics = train(cfg)
