@@ -5,7 +5,7 @@ One epoch of one-second 16 kHz clips, stored as int16, becomes what the res8 net
 take: augmented log-mel spectrograms (B, 1, 40, 101) on the training device. Augmentation as
 the kws recipe: a time shift of up to 100 ms, background noise (probability 0.8, volume up to
 0.1), 40 mel bands of 30 ms windows every 10 ms in dB, then SpecAugment (two frequency masks
-of up to 5 bands, two time masks of up to 10 frames). Three ways:
+of fewer than 5 bands, two time masks of fewer than 10 frames). Three ways:
 
 - per clip: a Dataset whose `__getitem__` does all of it for one clip with torchaudio's
   transforms, a DataLoader with 0 or 2 worker processes (one thread each) collating them;

@@ -23,7 +23,8 @@ def confusion_matrix_figure(matrix: torch.Tensor, class_names: list[str] | None 
     ax.set(xticks=range(k), yticks=range(k), xticklabels=names, yticklabels=names)
     ax.set(xlabel="predicted", ylabel="true")
     if max(len(n) for n in names) > 3:  # longer names would run into each other
-        ax.tick_params(axis="x", labelrotation=45)
+        for label in ax.get_xticklabels():
+            label.set(rotation=45, ha="right", rotation_mode="anchor")
     if k <= 20:
         for i in range(k):
             for j in range(k):

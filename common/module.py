@@ -68,7 +68,7 @@ class TemplateModule(L.LightningModule):
                 f"the checkpoint was trained on {len(names)} classes and the data has "
                 f"{len(live.class_names)}: use the data it was trained on"
             )
-        for key in ("sample_rate", "num_samples"):  # a net's front end is built for these
+        for key in ("sample_rate", "num_samples"):  # the clips the weights learned from
             ours, theirs = getattr(live, key), saved.get(key)
             if ours is not None and theirs is not None and ours != theirs:
                 raise UserError(

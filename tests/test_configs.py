@@ -102,6 +102,15 @@ def test_net_option(tmp_path, option):
     assert net(torch.randn(2, 3, size, size)).shape == (2, cfg.data.num_classes)
 
 
+@pytest.mark.parametrize("option", options("model/kws_net"))
+def test_kws_net_option(tmp_path, option):
+    cfg = make_config(tmp_path, ["project=kws", f"model/kws_net={option}"])
+    check_types(cfg)
+    net = instantiate(cfg.model.net)
+    waves = torch.randn(2, cfg.data.sample_rate)  # one second
+    assert net(waves).shape == (2, cfg.data.num_classes)
+
+
 @pytest.mark.parametrize("option", options("trainer"))
 def test_trainer_option(tmp_path, option):
     cfg = make_config(tmp_path, [f"trainer={option}"])

@@ -92,12 +92,14 @@ def test_int16_round_trip_is_exact_for_pcm16_values():
 
 def test_log_mel_shapes_and_a_clip_s_features_do_not_depend_on_its_batch():
     mel = MelDB(16000)  # 40 bands, 30 ms windows every 10 ms
-    quiet = 0.01 * torch.randn(1, 16000)
+    quiet = 1e-4 * torch.randn(1, 16000)  # ~100 dB below the loud clip: past the 80 dB floor
     loud = torch.randn(1, 16000)
     alone = mel(quiet)
     assert alone.shape == (1, 1, 40, 101)  # one frame per 10 ms, plus one (centred frames)
     together = mel(torch.cat([quiet, loud]))
     torch.testing.assert_close(together[:1], alone)  # the 80 dB floor is per clip
+    batch_floor = mel.to_db(mel.mel(torch.cat([quiet, loud])))  # (2, 40, 101): 3-D input
+    assert not torch.allclose(batch_floor[0], alone[0, 0])  # would floor by the loud clip
     many = 0.1 * torch.randn(40, 16000)  # more than CPU_CHUNK: computed 16 clips at a time
     torch.testing.assert_close(mel(many), torch.cat([mel(clip[None]) for clip in many]))
     assert MelDB(8000, n_mels=32)(torch.randn(3, 8000)).shape == (3, 1, 32, 101)
@@ -264,6 +266,9 @@ def test_audio_folder_reads_any_rate_and_channels_and_caches(tmp_path, monkeypat
     clips = [dm.train_set.tensors[0], dm.val_set.tensors[0], dm.test_set.tensors[0]]
     assert sum(len(c) for c in clips) == 20
     assert all(c.dtype == torch.int16 and c.shape[1] == 16000 for c in clips)
+    # The 1.5 s tone at 8 kHz: resampled, still 300 Hz, and one second of it kept.
+    (tone,) = (c for c in torch.cat(clips) if peak_frequency(c.float(), 16000) == 300)
+    assert (tone != 0).float().mean() > 0.99  # the tone fills the second: cut, not padded
     # Read again: from the cache, no file decoded.
     monkeypatch.setattr(kws_data, "decode_clips", lambda *a: pytest.fail("decoded again"))
     again = AudioFolder(str(tmp_path / "data"), root=str(root), num_classes=3, test_size=0.2)
@@ -291,15 +296,20 @@ def test_audio_folder_errors_name_the_problem(tmp_path):
 
 
 def test_batches_become_floats_on_the_device_and_only_training_batches_are_augmented(tmp_path):
+    from types import SimpleNamespace
+
     dm = AudioFolder(str(tmp_path), synthetic=True, synthetic_size=(60, 12), num_classes=3)
     dm.setup("fit")
     waves, labels = next(iter(dm.train_dataloader()))
     assert waves.dtype == torch.int16
     plain, _ = dm.on_after_batch_transfer((waves, labels))  # no trainer: evaluation
     torch.testing.assert_close(plain, waves.float() / 32768)
-    augmented = dm.augment(plain)
+    dm.trainer = SimpleNamespace(training=False)  # validating
+    torch.testing.assert_close(dm.on_after_batch_transfer((waves, labels))[0], plain)
+    dm.trainer = SimpleNamespace(training=True)
+    augmented, same_labels = dm.on_after_batch_transfer((waves, labels))
     assert augmented.shape == plain.shape and not torch.equal(augmented, plain)
-    assert augmented.abs().max() <= 1
+    assert augmented.abs().max() <= 1 and torch.equal(same_labels, labels)
     assert dm.spec().sample_rate == 16000 and dm.spec().num_samples == 16000
     assert dm.spec().class_names == synthetic_words(3)
 
@@ -323,6 +333,16 @@ def test_speech_commands_uses_the_official_lists_and_the_12_class_task(tmp_path)
     assert counts[10] == counts[11] == math.ceil(0.1 * 20)  # 10% of the ten words' clips each
     silence = twelve.train_set.tensors[0][labels == 11]
     assert silence.shape == (2, 16000) and silence.abs().amax(1).min() > 0  # noise, not zeros
+
+
+def test_a_corrupt_speech_commands_clip_is_one_error_naming_it_and_the_remedy(tmp_path):
+    root = write_fake_speech_commands(tmp_path, per_word=2)
+    (root / "yes" / "0000broken_nohash_0.wav").write_bytes(b"RIFF\x00garbage")
+    with pytest.raises(UserError) as error:
+        SpeechCommands(str(tmp_path), download=False).prepare_data()
+    message = str(error.value)
+    assert "0000broken_nohash_0.wav" in message
+    assert "to unpack or download it again" in message and "data.synthetic=true" in message
 
 
 def test_speech_commands_missing_is_one_error_naming_the_folder_and_the_switch(tmp_path):

@@ -114,3 +114,13 @@ def test_eval_refuses_data_at_another_sampling_rate(tmp_path, m5):
     cfg = make_config(tmp_path, overrides, "eval")
     with pytest.raises(UserError, match="sample_rate=16000 and the data has sample_rate=8000"):
         evaluate(cfg)
+
+
+def test_clips_too_short_for_the_net_are_one_readable_error(tmp_path):
+    from common.train import train
+
+    overrides = [*SYNTHETIC, "model/kws_net=m5", "data.clip_seconds=0.2", *FEW_STEPS]
+    with pytest.raises(
+        UserError, match=r"clips of 3200 samples \(0.2 s at 16000 Hz\) are too short for M5"
+    ):
+        train(make_config(tmp_path, overrides))

@@ -47,19 +47,28 @@ NOISE_SECONDS = 20  # of each generated noise colour, when no recordings are giv
 
 
 def cached_clips(
-    cache: Path, settings: str, root: Path, files: dict, sample_rate: int, num_samples: int
+    cache: Path,
+    settings: str,
+    root: Path,
+    files: dict,
+    sample_rate: int,
+    num_samples: int,
+    remedy: str,
 ) -> dict[str, torch.Tensor | None]:
     """{split: int16 (N, num_samples) or None} for `files` ({split: `list_files` rows or None,
     paths relative to `root`}), decoded once and kept in `cache/<key>.pt`, the key hashing
-    `settings` and every file's path, size and modification time."""
+    `settings` and every file's path, size and modification time. A file that cannot be
+    read is a UserError naming it, then `remedy`."""
     path = cache / f"{cache_key(root, settings, files)}.pt"
-    sizes = {split: None if rows is None else len(rows) for split, rows in files.items()}
+    expected = {s: None if rows is None else (len(rows), num_samples) for s, rows in files.items()}
     if path.is_file():
         try:
             clips = torch.load(path, weights_only=True, mmap=True)  # read as batches need it
             shapes = {s: None if c is None else tuple(c.shape) for s, c in clips.items()}
-            if shapes != {s: n and (n, num_samples) for s, n in sizes.items()}:
-                raise ValueError(f"holds {shapes}, expected {sizes} clips of {num_samples}")
+            if shapes != expected or any(
+                c.dtype != torch.int16 for c in clips.values() if c is not None
+            ):
+                raise ValueError(f"holds {shapes} clips, expected int16 {expected}")
             return clips
         except Exception as err:
             warnings.warn(
@@ -67,12 +76,15 @@ def cached_clips(
                 "decoding the clips again",
                 stacklevel=2,
             )
-    clips = {
-        split: None
-        if rows is None
-        else decode_clips([root / row[0] for row in rows], sample_rate, num_samples)
-        for split, rows in files.items()
-    }
+    try:
+        clips = {
+            split: None
+            if rows is None
+            else decode_clips([root / row[0] for row in rows], sample_rate, num_samples)
+            for split, rows in files.items()
+        }
+    except UserError as err:
+        raise UserError(f"{err}. {remedy}") from None
     try:
         atomic_write(path, lambda tmp: torch.save(clips, tmp))
     except OSError as err:
@@ -175,6 +187,13 @@ class AudioDataModule(DataModule):
             bank = bank.repeat(math.ceil(self.num_samples / len(bank)))
         return bank
 
+    def prepare_data(self) -> None:
+        """Download what is missing, then decode the files into the cache: once per node,
+        before `setup` on every process (which then only loads the cache)."""
+        super().prepare_data()
+        if not self.synthetic:
+            self.load()
+
     def setup(self, stage: str | None = None) -> None:
         super().setup(stage)
         if self.noise is None:
@@ -218,7 +237,8 @@ class SpeechCommands(AudioDataModule):
     yes/no/up/down/left/right/on/off/stop/go plus `_unknown_` (a seeded sample of the other 25
     words) and `_silence_` (one-second stretches of the background-noise recordings at random
     volumes), each of those two as many as 10% of a split's ten-word clips, as TensorFlow's
-    reference recipe draws them. Downloaded once (2.3 GB) into
+    reference recipe draws them. Downloaded once (the 2.3 GB archive stays in `<data_dir>/`,
+    torchaudio's choice; delete it after the first run) and unpacked into
     `<data_dir>/SpeechCommands/speech_commands_v0.02/`; decoded once into
     `<data_dir>/SpeechCommands/cache/` (3.4 GB at 16 kHz).
     """
@@ -276,8 +296,10 @@ class SpeechCommands(AudioDataModule):
             )
             files[split].append(row)
         settings = f"{CACHE_VERSION}|{self.sample_rate}|{self.num_samples}"
+        remedy = f"Delete {root.parent} to unpack or download it again, or {self.alternative}"
+        cache = root.parent / "cache"
         clips = cached_clips(
-            root.parent / "cache", settings, root, files, self.sample_rate, self.num_samples
+            cache, settings, root, files, self.sample_rate, self.num_samples, remedy
         )
         labels = {s: torch.tensor([row[1] for row in files[s]], dtype=torch.int64) for s in SPLITS}
         if self.num_classes == 35:
@@ -351,11 +373,6 @@ class AudioFolder(AudioDataModule):
     def location(self) -> Path:
         return self.root
 
-    def prepare_data(self) -> None:
-        """Decode the folder into the cache (once per node, before `setup` on every process)."""
-        if not self.synthetic:
-            self.read()
-
     def read(self) -> Splits:
         folders = find_layout(self.root)
         classes = class_dirs(folders["train"])
@@ -378,7 +395,10 @@ class AudioFolder(AudioDataModule):
         }
         settings = f"{CACHE_VERSION}|{self.sample_rate}|{self.num_samples}"
         cache = Path(self.data_dir) / "audio_folder"
-        clips = cached_clips(cache, settings, self.root, files, self.sample_rate, self.num_samples)
+        remedy = "Fix or remove the file"
+        clips = cached_clips(
+            cache, settings, self.root, files, self.sample_rate, self.num_samples, remedy
+        )
         self.class_names = classes
         return Splits(
             *(

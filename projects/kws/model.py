@@ -22,15 +22,17 @@ from projects.kws.audio import fit_length, read_audio
 from projects.kws.nets import LogMel, MelDB
 
 
-def spectrogram_figure(specs: torch.Tensor, titles: list[str], rows: int) -> Figure:
-    """Spectrograms (N, n_mels, frames), `rows` rows of N / rows, low frequencies at the bottom."""
-    cols = -(-len(specs) // rows)
-    fig = Figure(figsize=(1.9 * cols + 0.4, 1.25 * rows + 0.4), dpi=100)
-    for i, (spec, title) in enumerate(zip(specs.cpu(), titles, strict=True)):
-        ax = fig.add_subplot(rows, cols, i + 1)
-        ax.imshow(spec.numpy(), origin="lower", aspect="auto", cmap="magma")
-        ax.set_title(title, fontsize=7)
-        ax.set(xticks=[], yticks=[])
+def spectrogram_figure(rows: list[list[torch.Tensor]], titles: list[list[str]]) -> Figure:
+    """Spectrograms (n_mels, frames), one list per row (rows may differ in length), low
+    frequencies at the bottom."""
+    cols = max(len(row) for row in rows)
+    fig = Figure(figsize=(1.9 * cols + 0.4, 1.25 * len(rows) + 0.4), dpi=100)
+    for r, (row, row_titles) in enumerate(zip(rows, titles, strict=True)):
+        for c, (spec, title) in enumerate(zip(row, row_titles, strict=True)):
+            ax = fig.add_subplot(len(rows), cols, r * cols + c + 1)
+            ax.imshow(spec.cpu().numpy(), origin="lower", aspect="auto", cmap="magma")
+            ax.set_title(title, fontsize=7)
+            ax.set(xticks=[], yticks=[])
     fig.tight_layout(pad=0.3)
     return fig
 
@@ -63,6 +65,24 @@ class KeywordSpotter(FileClassifier):
         self.heard: list[tuple[torch.Tensor, int, int]] = []  # (clip (T,), true, predicted)
         self.augmented: torch.Tensor | None = None  # training clips (n, T) as the net got them
 
+    def use_data(self, spec) -> None:
+        super().use_data(spec)
+        if spec.num_samples is None:
+            return
+        was_training = self.net.training
+        try:  # two silent clips through the net, in eval mode: no statistics move
+            with torch.no_grad():
+                self.net.eval()(torch.zeros(2, spec.num_samples, device=self.device))
+        except RuntimeError as err:
+            seconds = spec.num_samples / spec.sample_rate
+            raise UserError(
+                f"clips of {spec.num_samples} samples ({seconds:g} s at {spec.sample_rate} Hz) "
+                f"are too short for {type(self.net).__name__}, whose pooling needs more "
+                f"({err}); raise data.clip_seconds"
+            ) from None
+        finally:
+            self.net.train(was_training)
+
     def picture_due(self) -> bool:
         every, epoch = self.picture_every_n_epochs, self.current_epoch
         return every > 0 and (epoch == 0 or (epoch + 1) % every == 0)
@@ -78,12 +98,17 @@ class KeywordSpotter(FileClassifier):
         self.val_confusion.update(preds, labels)
         if not self.picture_due() or self.trainer.sanity_checking:
             return
+        heard = {label for _, label, _ in self.heard}
         for wave, label, pred in zip(waves, labels.tolist(), preds.tolist(), strict=True):
-            clips = self.examples.setdefault(label, [])
-            if label < self.picture_classes and len(clips) < self.clips_per_class:
-                clips.append(wave.cpu())
-            if len(self.heard) < self.audio_clips:
+            if label < self.picture_classes and self.clips_per_class > 0:
+                clips = self.examples.setdefault(label, [])
+                if len(clips) < self.clips_per_class:
+                    clips.append(wave.cpu())
+            # One clip of each class until there are `audio_clips` (validation sets are
+            # often sorted by class: the first few clips would all be one word).
+            if len(self.heard) < self.audio_clips and label not in heard:
                 self.heard.append((wave.cpu(), label, pred))
+                heard.add(label)
 
     def on_validation_epoch_end(self):
         matrix = self.val_confusion.compute()  # (K, K), summed over processes
@@ -98,27 +123,30 @@ class KeywordSpotter(FileClassifier):
     def log_examples(self, names: list[str]) -> None:
         if self.trainer.global_rank != 0:
             return
-        to_mel = MelDB(self.data_spec.sample_rate)  # the front end's features, unnormalized
+        frontend = getattr(self.net, "frontend", None)
+        if isinstance(frontend, LogMel):
+            to_mel = frontend.spectrogram  # the net's own features, before normalization
+        else:  # a raw-waveform net: the log-mel spectrogram a spectrogram net would see
+            to_mel = MelDB(self.data_spec.sample_rate).to(self.device)
         classes = sorted(self.examples)
         if classes:
-            clips = [(k, w) for k in classes for w in self.examples[k]]
-            specs = to_mel(torch.stack([w for _, w in clips]))[:, 0]  # (N, n_mels, frames)
-            titles = [names[k] for k, _ in clips]
-            figure = spectrogram_figure(specs, titles, rows=len(classes))
-            log_figure_file(self, "val/log_mel_by_class", figure)
-        frontend = getattr(self.net, "frontend", None)
+            rows = [to_mel(torch.stack(self.examples[k]).to(self.device))[:, 0] for k in classes]
+            titles = [[names[k]] * len(self.examples[k]) for k in classes]
+            log_figure_file(self, "val/log_mel_by_class", spectrogram_figure(rows, titles))
         if isinstance(frontend, LogMel) and self.augmented is not None:
             # As the net sees them: normalized (running statistics, untouched), then masked.
             was_training = frontend.training
             frontend.eval()
-            clean = frontend(self.augmented)  # (n, 1, n_mels, frames)
+            clean = frontend(self.augmented)[:, 0]  # (n, n_mels, frames)
             frontend.augment.train()
-            masked = frontend.augment(clean)
+            masked = frontend.augment(clean[:, None])[:, 0]
             frontend.train(was_training)
             n = len(clean)
-            specs = torch.cat([clean, masked])[:, 0]
-            titles = ["time shift + noise"] * n + ["+ SpecAugment"] * n
-            log_figure_file(self, "train/spec_augment", spectrogram_figure(specs, titles, rows=2))
+            rows, titles = (
+                [list(clean), list(masked)],
+                [["time shift + noise"] * n, ["+ SpecAugment"] * n],
+            )
+            log_figure_file(self, "train/spec_augment", spectrogram_figure(rows, titles))
         self.log_audio(names)
 
     def log_audio(self, names: list[str]) -> None:

@@ -57,7 +57,8 @@ class MelDB(nn.Module):
 
 class SpecAugment(nn.Module):
     """SpecAugment (Park et al. 2019) without time warping: while training, `num_masks` bands of
-    up to `freq_mask` mel bins and `num_masks` stretches of up to `time_mask` frames are set to
+    fewer than `freq_mask` mel bins and `num_masks` stretches of fewer than `time_mask` frames
+    (widths drawn from [0, freq_mask) and [0, time_mask), as torchaudio does) are set to
     zero (the mean, on normalized inputs), each clip its own. A word missing a band or a
     moment is still that word: the net learns to use all of its evidence. Identity in eval."""
 
@@ -119,8 +120,8 @@ class M5(nn.Module):
 
     The first layer's `kernel`-sample filters (80: 5 ms at 16 kHz) with stride `stride` learn a
     filter bank in place of the STFT. `width` channels in the first two layers, twice that in
-    the last two: width=32, stride=16 is the torchaudio tutorial's (26k parameters);
-    width=128, stride=4 the paper's (0.5M).
+    the last two: width=32, stride=16 is the torchaudio tutorial's (25k parameters);
+    width=128, stride=4 the paper's, but for its last layer (512 channels; here 256).
     """
 
     def __init__(self, num_classes: int, width: int = 32, stride: int = 16, kernel: int = 80):

@@ -38,8 +38,9 @@ CHUNK = 256  # clips made at a time: bounds the working memory (~70 MB), not the
 
 
 def synthetic_words(num_words: int) -> list[str]:
-    """`num_words` distinct words ("a-i", "s-o-m", ...), in pairs of a word and its reverse;
-    the same list for the same count, whatever the seed (they are the class names)."""
+    """`num_words` distinct words ("a-i", "s-o-m", ...), in pairs of a word and its reverse (an
+    odd count leaves the last one alone); the same list for the same count, whatever the seed
+    (they are the class names)."""
     sequences = [
         seq
         for length in (2, MAX_PHONEMES)
