@@ -394,6 +394,23 @@ def test_graph_classification_trains_under_ddp(tmp_path):
 
 
 @pytest.mark.slow
+def test_keyword_spotting_trains_under_ddp_with_its_pictures(tmp_path):
+    """Clips sharded over two processes, augmented on each one's device, the confusion matrix
+    summed over both, pictures and audio from rank 0 only."""
+    words = ("PROJECT=kws", "data.synthetic=true", "data.synthetic_size=[512,128]")
+    result = make_ddp(tmp_path, *words, "trainer.max_epochs=1", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (tmp_path / "logs" / "kws").iterdir()
+    pictures = sorted(p.name for p in (run_dir / "images").iterdir())
+    assert pictures == [
+        "train_spec_augment_epoch000.png",
+        "val_confusion_matrix_epoch000.png",
+        "val_log_mel_by_class_epoch000.png",
+    ]
+    assert "test/acc" in result.stdout
+
+
+@pytest.mark.slow
 def test_sweep_with_ddp_is_refused_with_the_alternative(tmp_path):
     result = make(
         tmp_path,
