@@ -1,5 +1,6 @@
-"""What every classifier shares: the loss, metrics that stay exact under DDP, the top-k answer
-`make predict` prints, and for images, prediction on a file."""
+"""What every classifier shares: the loss, metrics that stay exact under DDP, and prediction on
+a file (`FileClassifier`: a project reads its file, the top-k answer is printed the same way;
+`ImageClassifier` reads images)."""
 
 from pathlib import Path
 
