@@ -105,6 +105,14 @@ def test_log_mel_shapes_and_a_clip_s_features_do_not_depend_on_its_batch():
     assert MelDB(8000, n_mels=32)(torch.randn(3, 8000)).shape == (3, 1, 32, 101)
 
 
+def test_log_mel_stays_float32_under_mixed_precision():
+    mel, waves = MelDB(16000), 0.1 * torch.randn(4, 16000)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = mel(waves)
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, mel(waves))
+
+
 def test_a_tone_lights_the_mel_band_of_its_frequency():
     """40 bands evenly spaced on the (HTK) mel scale from 20 Hz to 8 kHz: a tone's loudest band
     is where its frequency falls on that scale."""

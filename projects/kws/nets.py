@@ -50,9 +50,12 @@ class MelDB(nn.Module):
     def forward(self, waves: torch.Tensor) -> torch.Tensor:
         if waves.device.type == "cpu" and len(waves) > CPU_CHUNK:
             return torch.cat([self(chunk) for chunk in waves.split(CPU_CHUNK)])
-        # (B, 1, T) in, not (B, T): AmplitudeToDB floors `top_db` below the loudest bin of each
-        # (B, 1, ...) item, but of the whole batch for a 3-D (B, n_mels, frames) tensor.
-        return self.to_db(self.mel(waves[:, None]))  # (B, 1, n_mels, frames)
+        # float32 even under mixed precision (trainer=gpu): autocast would run the mel filter
+        # bank's matmul in bf16 and round the energies before the logarithm.
+        with torch.autocast(waves.device.type, enabled=False):
+            # (B, 1, T) in, not (B, T): AmplitudeToDB floors `top_db` below the loudest bin of
+            # each (B, 1, ...) item, but of the whole batch for a 3-D (B, n_mels, frames) tensor.
+            return self.to_db(self.mel(waves[:, None].float()))  # (B, 1, n_mels, frames)
 
 
 class SpecAugment(nn.Module):
