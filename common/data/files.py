@@ -4,10 +4,13 @@ download-or-explain."""
 
 import hashlib
 import os
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+
+import torch
 
 from common.errors import UserError
 
@@ -36,6 +39,40 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def cached(
+    path: Path, build: Callable[[], dict], check: Callable[[dict], None], what: str, mmap=False
+):
+    """What `build()` makes (a dict of tensors and plain values), kept in `path` for next time.
+
+    A cache that exists and passes `check` (which raises on contents that do not fit) is loaded
+    with torch's safe `weights_only` loader, memory-mapped if `mmap` (read as it is used);
+    otherwise `build()` runs and its result is written atomically. An unreadable or unfitting
+    cache, or one that cannot be written, is a warning naming `what` cache it is, never an
+    error: the files are decoded again.
+    """
+    if path.is_file():
+        try:
+            data = torch.load(path, weights_only=True, mmap=mmap)
+            check(data)
+            return data
+        except Exception as err:
+            warnings.warn(
+                f"ignoring the unreadable {what} cache {path} ({type(err).__name__}: {err}); "
+                "decoding the files again",
+                stacklevel=2,
+            )
+    data = build()
+    try:
+        atomic_write(path, lambda tmp: torch.save(data, tmp))
+    except OSError as err:
+        warnings.warn(
+            f"cannot write the {what} cache {path} ({err}); the files will be decoded again "
+            "next time",
+            stacklevel=2,
+        )
+    return data
 
 
 def fetch_or_explain(

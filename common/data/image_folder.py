@@ -7,7 +7,6 @@ Layouts: `root/<class_name>/*.{jpg,jpeg,png,bmp,webp}`, or `root/train/<class_na
 """
 
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +16,8 @@ from torch.utils.data import TensorDataset
 from common.data.base import Splits
 from common.data.files import (
     SPLITS,
-    atomic_write,
     cache_key,
+    cached,
     class_dirs,
     find_layout,
     for_each_file,
@@ -161,10 +160,9 @@ class ImageFolderDataModule(ImageDataModule):
         key = cache_key(self.root, settings, files)
         if self._decoded is not None and self._decoded[0] == key:
             return self._decoded
-        path = self.cache_dir / f"{key}.pt"
         sizes = {split: None if f is None else len(f) for split, f in files.items()}
-        data = self._load_cache(path, classes, sizes)
-        if data is None:
+
+        def build() -> dict:
             data = {"version": CACHE_VERSION, "classes": classes}
             for split, found in files.items():
                 if found is None:
@@ -173,23 +171,15 @@ class ImageFolderDataModule(ImageDataModule):
                 paths = [os.path.join(self.root, f[0]) for f in found]
                 images = decode_images(paths, self.image_size, self.in_chans)
                 data[split] = (images, torch.tensor([f[1] for f in found], dtype=torch.int64))
-            try:
-                atomic_write(path, lambda tmp: torch.save(data, tmp))
-            except OSError as err:
-                warnings.warn(
-                    f"cannot write the image cache {path} ({err}); the folder will be decoded "
-                    "again next time",
-                    stacklevel=2,
-                )
+            return data
+
+        check = lambda data: self._check_cache(data, classes, sizes)  # noqa: E731
+        data = cached(self.cache_dir / f"{key}.pt", build, check, "image")
         return key, data
 
-    def _load_cache(self, path: Path, classes: list[str], sizes: dict) -> dict | None:
-        """The cached tensors, or None when there is no cache or it is unusable (then rebuilt).
-
-        `sizes`: {split: number of images, or None for a split the folder does not have}.
-        """
-        if not path.is_file():
-            return None
+    def _check_cache(self, data: dict, classes: list[str], sizes: dict) -> None:
+        """Raise unless the cached `data` holds this folder's classes and, per split, `sizes`
+        ({split: number of images, or None for a split the folder does not have}) images."""
         s = self.image_size
         shape = (s, s) if self.in_chans == 1 else (3, s, s)
 
@@ -204,19 +194,9 @@ class ImageFolderDataModule(ImageDataModule):
                 (n,),
             )
 
-        try:
-            data = torch.load(path, weights_only=True)
-            if not (
-                data["version"] == CACHE_VERSION
-                and list(data["classes"]) == classes
-                and all(valid(data[split], n) for split, n in sizes.items())
-            ):
-                raise ValueError("unexpected contents")
-            return data
-        except Exception as err:
-            warnings.warn(
-                f"ignoring the unreadable image cache {path} ({type(err).__name__}: {err}); "
-                "decoding the folder again",
-                stacklevel=2,
-            )
-            return None
+        if not (
+            data["version"] == CACHE_VERSION
+            and list(data["classes"]) == classes
+            and all(valid(data[split], n) for split, n in sizes.items())
+        ):
+            raise ValueError("unexpected contents")

@@ -13,7 +13,6 @@ features (log-mel spectrograms, SpecAugment) are the net's own first layers (`ne
 """
 
 import math
-import warnings
 from pathlib import Path
 
 import torch
@@ -22,8 +21,8 @@ from torch.utils.data import TensorDataset
 from common.data.base import DataModule, Splits
 from common.data.files import (
     SPLITS,
-    atomic_write,
     cache_key,
+    cached,
     class_dirs,
     find_layout,
     list_files,
@@ -56,40 +55,32 @@ def cached_clips(
     remedy: str,
 ) -> dict[str, torch.Tensor | None]:
     """{split: int16 (N, num_samples) or None} for `files` ({split: `list_files` rows or None,
-    paths relative to `root`}), decoded once and kept in `cache/<key>.pt`, the key hashing
-    `settings` and every file's path, size and modification time. A file that cannot be
-    read is a UserError naming it, then `remedy`."""
-    path = cache / f"{cache_key(root, settings, files)}.pt"
+    paths relative to `root`}), decoded once and kept in `cache/<key>.pt` (memory-mapped when
+    loaded: read as batches need it), the key hashing `settings` and every file's path, size
+    and modification time. A file that cannot be read is a UserError naming it, then `remedy`."""
     expected = {s: None if rows is None else (len(rows), num_samples) for s, rows in files.items()}
-    if path.is_file():
-        try:
-            clips = torch.load(path, weights_only=True, mmap=True)  # read as batches need it
-            shapes = {s: None if c is None else tuple(c.shape) for s, c in clips.items()}
-            if shapes != expected or any(
-                c.dtype != torch.int16 for c in clips.values() if c is not None
-            ):
-                raise ValueError(f"holds {shapes} clips, expected int16 {expected}")
-            return clips
-        except Exception as err:
-            warnings.warn(
-                f"ignoring the unreadable audio cache {path} ({type(err).__name__}: {err}); "
-                "decoding the clips again",
-                stacklevel=2,
-            )
-    try:
-        clips = {
-            split: None
-            if rows is None
-            else decode_clips([root / row[0] for row in rows], sample_rate, num_samples)
-            for split, rows in files.items()
+
+    def check(clips: dict) -> None:
+        shapes = {s: None if c is None else tuple(c.shape) for s, c in clips.items()}
+        if shapes != expected or any(
+            c.dtype != torch.int16 for c in clips.values() if c is not None
+        ):
+            raise ValueError(f"holds {shapes} clips, expected int16 {expected}")
+
+    def build() -> dict:
+        paths = {
+            s: None if rows is None else [root / r[0] for r in rows] for s, rows in files.items()
         }
-    except UserError as err:
-        raise UserError(f"{err}. {remedy}") from None
-    try:
-        atomic_write(path, lambda tmp: torch.save(clips, tmp))
-    except OSError as err:
-        warnings.warn(f"cannot write the audio cache {path} ({err})", stacklevel=2)
-    return clips
+        try:
+            return {
+                s: None if p is None else decode_clips(p, sample_rate, num_samples)
+                for s, p in paths.items()
+            }
+        except UserError as err:
+            raise UserError(f"{err}. {remedy}") from None
+
+    path = cache / f"{cache_key(root, settings, files)}.pt"
+    return cached(path, build, check, "audio", mmap=True)
 
 
 class AudioDataModule(DataModule):
@@ -252,6 +243,7 @@ class SpeechCommands(AudioDataModule):
 
     def __init__(self, data_dir: str, num_classes: int = 35, **kwargs):
         super().__init__(data_dir, num_classes=num_classes, **kwargs)
+        self._recordings: list[torch.Tensor] | None = None  # _background_noise_, at sample_rate
         if not self.synthetic and num_classes not in (12, 35):
             raise UserError(
                 f"data.num_classes={num_classes}: Speech Commands is 35 words (35) or the "
@@ -268,7 +260,7 @@ class SpeechCommands(AudioDataModule):
         SPEECHCOMMANDS(self.data_dir, download=True)  # the archive, unpacked into `location`
 
     def own_noise(self) -> list[torch.Tensor]:
-        if getattr(self, "_recordings", None) is None:  # read once: silence clips use them too
+        if self._recordings is None:  # read once: the 12 classes' silence clips use them too
             paths = sorted((self.location / self.NOISE).glob("*.wav"))
             self._recordings = [read_audio(p, self.sample_rate) for p in paths]
         return self._recordings
