@@ -10,11 +10,17 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from common.checks import check_config
-from common.data.graphs import Nodes
 from common.data.loaders import FullBatchLoader
 from common.errors import UserError
 from common.sweeps import SweepSummary, summarize, summary_figure, varying_number
-from projects.graph.data import PlanetoidData, TUData, csbm, edge_homophily, trees_and_cycles
+from projects.graph.data import (
+    Nodes,
+    PlanetoidData,
+    TUData,
+    csbm,
+    edge_homophily,
+    trees_and_cycles,
+)
 from projects.graph.model import attention_figure
 from projects.graph.nets import GAT, GCN, GIN, MLP, GraphSAGE
 from tests.conftest import make_config, options, train_once

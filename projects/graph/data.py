@@ -6,18 +6,62 @@ and a learnable synthetic stand-in for each.
     make train PROJECT=graph data=citeseer              # downloads the Planetoid files
     make train PROJECT=graph experiment=graph_gin       # GIN on MUTAG, one of 10 folds
 
-Node splits are `common.data.graphs.Nodes` (one graph, the split's nodes) served whole by the
-`full` loader kind; graph sets are lists of `Data` batched by `collate_graphs`.
+Node classification trains on one graph: its splits are sets of nodes (`Nodes`), and a batch is
+the whole graph plus the nodes whose labels count, served by the shared layer's `full` loader
+kind (one batch per epoch, nothing to shard over processes). Graph classification batches many
+small graphs into one disconnected graph (`collate_graphs`), with the usual DataLoader and
+samplers, DDP included. Graphs are torch-geometric `Data`: `x` (N, F) node features,
+`edge_index` (2, E) int64 source and target nodes (both directions for undirected graphs), `y`.
 """
 
 from pathlib import Path
 
 import torch
-from torch_geometric.data import Data
+from torch.utils.data import Dataset
+from torch_geometric.data import Batch, Data
 
 from common.data.base import DataModule, Splits, subset
-from common.data.graphs import Nodes, collate_graphs
 from common.errors import UserError
+
+
+class Nodes(Dataset):
+    """The nodes `index` (int64, (n,)) of `graph`: one split of a node-classification graph.
+
+    It splits like any dataset (`subset`: the same graph, fewer nodes) and moves to a device as a
+    whole (`to`), so a seeded `val_size` split and `loader=full` work with no graph-specific code.
+    """
+
+    def __init__(self, graph: Data, index: torch.Tensor):
+        self.graph, self.index = graph, index
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> int:
+        return int(self.index[i])
+
+    def subset(self, indices: torch.Tensor) -> "Nodes":
+        return Nodes(self.graph, self.index[indices.to(self.index.device)])
+
+    def to(self, device: torch.device) -> "Nodes":
+        """These nodes on `device`. torch-geometric moves a graph in place (`Data.to` returns
+        the same object), so the splits that share it share one copy on the device."""
+        return Nodes(self.graph.to(device), self.index.to(device))
+
+    @property
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """What the split holds in memory (the graph's tensors and the node index)."""
+        return (*(v for v in self.graph.to_dict().values() if torch.is_tensor(v)), self.index)
+
+    def whole(self) -> tuple[Data, torch.Tensor]:
+        """The one batch of a full-batch epoch: (graph, the split's node indices (n,))."""
+        return self.graph, self.index
+
+
+def collate_graphs(graphs: list[Data]) -> Batch:
+    """Graphs -> one `Batch`: the graphs side by side as one disconnected graph, with `batch`
+    (N_total,) saying which graph each node belongs to (what pooling sums over)."""
+    return Batch.from_data_list(graphs)
 
 
 def csbm(
@@ -94,7 +138,7 @@ class PlanetoidData(DataModule):
     validation and 1,000 test papers. Features are row-normalized (they sum to 1).
 
     `synthetic=True`: a `csbm` graph with the dataset's node, feature and class counts and a
-    split of the same sizes. Batches are (graph, node indices (n,)): see `common.data.graphs`.
+    split of the same sizes. Batches are (graph, node indices (n,)): see `Nodes`.
     """
 
     loaders = ("full",)
