@@ -88,3 +88,13 @@ def require(model, capability: type, project: str, doing: str) -> None:
             )
         able = ", ".join(projects_with(capability)) or "none yet"
         raise UserError(f"project '{project}' cannot {doing}; the projects that can: {able}")
+
+
+@runtime_checkable
+class PlaysEpisodes(Protocol):
+    """`make play`: run a trained agent for one episode of its environment and film it."""
+
+    def play_episode(self, seed: int) -> tuple[list, float, float]:
+        """(frames, return, fps): the episode's frames (H, W, 3) uint8, the sum of its rewards,
+        and the frame rate that shows it in real time; the same seed plays the same episode."""
+        ...

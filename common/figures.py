@@ -1,5 +1,6 @@
 """Figures for loggers: built with matplotlib's object API (no pyplot state, no GUI backend)."""
 
+import io
 import math
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from matplotlib.figure import Figure
 from PIL import Image
+from tensorboard.compat.proto.summary_pb2 import Summary
 from torchvision.utils import make_grid
 
 
@@ -109,3 +111,51 @@ def scatter_figure(
     ax.legend(fontsize=7, markerscale=2, loc="best")
     fig.tight_layout()
     return fig
+
+
+def gif_bytes(frames: list, fps: float, width: int = 300) -> tuple[bytes, int, int]:
+    """Frames (H, W, 3) uint8 as a looping animated GIF `width` pixels wide: (bytes, width,
+    height). One palette for the whole film (per-frame palettes flicker, and cost bytes)."""
+    height = round(frames[0].shape[0] * width / frames[0].shape[1])
+    pictures = [Image.fromarray(f).resize((width, height), Image.BILINEAR) for f in frames]
+    palette = pictures[len(pictures) // 2].quantize(colors=64)
+    pictures = [p.quantize(palette=palette, dither=Image.Dither.NONE) for p in pictures]
+    out = io.BytesIO()
+    pictures[0].save(
+        out, "GIF", save_all=True, append_images=pictures[1:], duration=round(1000 / fps), loop=0
+    )
+    return out.getvalue(), width, height
+
+
+def save_gif(frames: list, fps: float, path: Path) -> Path:
+    """Write frames (H, W, 3) uint8 as an animated GIF (folders made as needed)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gif_bytes(frames, fps)[0])
+    return path
+
+
+def animation_path(module, tag: str) -> Path:
+    """`<run dir>/images/<tag>_epoch<NNN>.gif` (`picture_path`'s, for an animation)."""
+    return picture_path(module, tag).with_suffix(".gif")
+
+
+def log_animation(module, tag: str, frames: list, fps: float) -> None:
+    """Send frames (H, W, 3) uint8 as an animated GIF to TensorBoard (its image tab plays GIFs;
+    `add_video` would need moviepy) and W&B, rank 0 only."""
+    if module.trainer.global_rank != 0:
+        return
+    data, width, height = gif_bytes(frames, fps)
+    for logger in module.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            image = Summary.Image(
+                height=height, width=width, colorspace=3, encoded_image_string=data
+            )
+            summary = Summary(value=[Summary.Value(tag=tag, image=image)])
+            logger.experiment.file_writer.add_summary(summary, module.global_step)
+        elif isinstance(logger, WandbLogger):
+            import wandb
+
+            logger.experiment.log(
+                {tag: wandb.Video(io.BytesIO(data), format="gif")}, step=module.global_step
+            )

@@ -36,9 +36,14 @@ class Throughput(L.Callback):
     on_train_start = on_train_epoch_start
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        # (inputs, targets): one target per sample; a torch-geometric Batch counts its graphs.
-        graphs = getattr(batch, "num_graphs", None)
-        self.samples += graphs if graphs is not None else len(batch[-1])
+        # (inputs, targets): one target per sample. A batch of another shape says its size:
+        # `num_samples` (an RL rollout: environment steps), or `num_graphs` (torch-geometric).
+        for name in ("num_samples", "num_graphs"):
+            size = getattr(batch, name, None)
+            if size is not None:
+                self.samples += size
+                return
+        self.samples += len(batch[-1])
 
     # Lightning runs the epoch's validation before `on_train_epoch_end`.
     def on_validation_start(self, trainer, pl_module):

@@ -18,15 +18,18 @@ class ReplayBuffer:
     of a truncated step is the one the episode ended on (gymnasium's `final_obs`).
     """
 
-    def __init__(self, capacity: int, obs_shape: tuple[int, ...], obs_dtype=torch.float32):
+    def __init__(
+        self, capacity: int, obs_shape: tuple[int, ...], obs_dtype=torch.float32, device=None
+    ):
         if capacity < 1:
             raise ValueError(f"capacity must be positive, got {capacity}")
         self.capacity = capacity
-        self.obs = torch.zeros(capacity, *obs_shape, dtype=obs_dtype)
-        self.next_obs = torch.zeros(capacity, *obs_shape, dtype=obs_dtype)
-        self.actions = torch.zeros(capacity, dtype=torch.int64)
-        self.rewards = torch.zeros(capacity)
-        self.terminated = torch.zeros(capacity, dtype=torch.bool)
+        self.device = torch.device(device or "cpu")  # the learner's: sampling copies nothing
+        self.obs = torch.zeros(capacity, *obs_shape, dtype=obs_dtype, device=device)
+        self.next_obs = torch.zeros(capacity, *obs_shape, dtype=obs_dtype, device=device)
+        self.actions = torch.zeros(capacity, dtype=torch.int64, device=device)
+        self.rewards = torch.zeros(capacity, device=device)
+        self.terminated = torch.zeros(capacity, dtype=torch.bool, device=device)
         self.position = 0  # where the next transition goes
         self.size = 0  # how many slots hold a transition
 
@@ -36,12 +39,17 @@ class ReplayBuffer:
     def push(self, obs, actions, rewards, next_obs, terminated) -> None:
         """Store n transitions at once (n, ...) (one per vector environment), wrapping around."""
         n = len(actions)
-        index = (self.position + torch.arange(n)) % self.capacity  # (n,)
-        self.obs[index] = torch.as_tensor(obs, dtype=self.obs.dtype)
-        self.next_obs[index] = torch.as_tensor(next_obs, dtype=self.obs.dtype)
-        self.actions[index] = torch.as_tensor(actions, dtype=torch.int64)
-        self.rewards[index] = torch.as_tensor(rewards, dtype=torch.float32)
-        self.terminated[index] = torch.as_tensor(terminated, dtype=torch.bool)
+        if n > self.capacity:
+            raise ValueError(f"{n} transitions at once do not fit a buffer of {self.capacity}")
+        index = (self.position + torch.arange(n, device=self.device)) % self.capacity  # (n,)
+        for store, values in (
+            (self.obs, obs),
+            (self.next_obs, next_obs),
+            (self.actions, actions),
+            (self.rewards, rewards),
+            (self.terminated, terminated),
+        ):
+            store[index] = torch.as_tensor(values, dtype=store.dtype, device=self.device)
         self.position = (self.position + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
 
@@ -50,7 +58,7 @@ class ReplayBuffer:
         drawn uniformly with replacement from the stored transitions only."""
         if self.size == 0:
             raise ValueError("the replay buffer is empty: collect transitions first")
-        index = torch.randint(0, self.size, (batch_size,), generator=generator)
+        index = torch.randint(0, self.size, (batch_size,), generator=generator).to(self.device)
         return (
             self.obs[index],
             self.actions[index],

@@ -1,0 +1,46 @@
+"""Watch a trained agent: `make play PROJECT=<name> ckpt_path=<file|last> seed=0`.
+
+The model is rebuilt from the config stored in the checkpoint and loaded with torch's safe
+`weights_only` loader, as in `make predict`. A project opts in with the `PlaysEpisodes`
+capability (`play_episode(seed)` -> frames, return, fps); the episode is written as an animated
+GIF, and its return and path printed. An existing file is replaced only with overwrite=true.
+"""
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from common.capabilities import PlaysEpisodes
+from common.entry import entry
+from common.errors import UserError
+from common.figures import save_gif
+from common.predict import check_output, checkpoint_path, load_trained
+
+
+def play(cfg: DictConfig) -> tuple[Path, float]:
+    """Play one episode of the checkpoint `cfg.ckpt_path`; return the GIF's path and the return."""
+    if not isinstance(cfg.seed, int) or cfg.seed < 0:
+        raise UserError(f"seed={cfg.seed} must be a whole number >= 0")
+    ckpt_path = Path(checkpoint_path(cfg))
+    if cfg.get("output"):
+        path = Path(str(cfg.output)).expanduser()
+    else:  # beside the checkpoint: logs/<project>/<run>/checkpoints/last_episode_seed0.gif
+        path = ckpt_path.with_name(f"{ckpt_path.stem}_episode_seed{cfg.seed}.gif")
+    if path.suffix.lower() != ".gif":
+        raise UserError(f"output={path} must end in .gif")
+    check_output(path, cfg.overwrite, reading=ckpt_path)  # before the model loads: cheap first
+    model = load_trained(cfg, str(ckpt_path), PlaysEpisodes, "play episodes")
+    frames, total, fps = model.play_episode(seed=cfg.seed)
+    save_gif(frames, fps, path)
+    print(f"return {total:g} (seed {cfg.seed}, {len(frames)} frames at {fps:g} fps)")
+    print(path)
+    return path, total
+
+
+@entry("play")
+def main(cfg: DictConfig) -> None:
+    play(cfg)
+
+
+if __name__ == "__main__":
+    main()
