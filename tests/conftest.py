@@ -119,6 +119,7 @@ TIERS = {
     "test_sentiment": "learning",
     "test_graph_learning": "learning",
     "test_kws_learning": "learning",
+    "test_rl_learning": "learning",
     "test_process": "process",
     "test_reliability": "process",
     "test_predict": "process",

@@ -45,6 +45,7 @@ DATA_PROJECT = {
 DATA_PROJECT |= dict.fromkeys(["sentiment_synthetic", "imdb", "text_csv"], "sentiment")
 DATA_PROJECT |= dict.fromkeys(["cora", "citeseer", "pubmed", "mutag", "proteins"], "graph")
 DATA_PROJECT |= dict.fromkeys(["speech_commands", "audio_folder"], "kws")
+DATA_PROJECT["gym"] = "dqn"
 
 
 @pytest.mark.parametrize("option", options("data"))
@@ -61,6 +62,9 @@ def test_data_option(tmp_path, option):
     dm = instantiate(cfg.data)
     dm.prepare_data()
     dm.setup("fit")
+    if option == "gym":  # its loaders ask the model for actions: tests/test_rl.py, with one
+        assert dm.train_envs.num_envs == cfg.data.num_envs
+        return
     batch = next(iter(dm.train_dataloader()))
     if cfg.data.get("loader") == "full":  # (the whole graph, its training nodes)
         graph, nodes = batch

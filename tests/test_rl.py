@@ -135,3 +135,113 @@ def test_double_dqn_target_on_a_hand_made_batch():
     assert targets.tolist() == [11.0, 15.0, 2.0]
     plain = rewards + 0.5 * target.max(1).values * (~terminated)  # DQN's max: 11, 20, 2
     assert plain[1] > targets[1]  # Double DQN does not take the target net's own max
+
+
+# --- environments and loaders ---------------------------------------------------------------
+
+import numpy as np  # noqa: E402
+
+from common.errors import UserError  # noqa: E402
+from projects.rl.data import GymDataModule, RolloutLoader  # noqa: E402
+from projects.rl.envs import evaluate, make_env, make_vector, spaces  # noqa: E402
+
+
+class Push:
+    """A scripted agent: always action `a` (CartPole: push left; the pole falls in ~10 steps)."""
+
+    def __init__(self, a: int = 0):
+        self.a = a
+
+    def act(self, obs):
+        return torch.full((len(obs),), self.a)
+
+    greedy = act
+
+
+def test_unknown_and_continuous_environments_are_one_readable_error():
+    with pytest.raises(UserError, match="CartPole-v1"):
+        make_env("CartPol-v1")
+    with pytest.raises(UserError, match="continuous actions"):
+        make_env("Pendulum-v1")
+    assert spaces("CartPole-v1") == (4, 2)
+    assert spaces("Acrobot-v1") == (6, 3)
+
+
+def test_fixed_length_rollouts_record_real_transitions_across_episode_ends():
+    envs = make_vector("CartPole-v1", num_envs=3, seed=0)
+    loader = RolloutLoader(envs, Push(0), steps=40, batches=2)
+    first, second = list(loader)
+    assert len(loader) == 2
+    assert first.obs.shape == (40, 3, 4) and first.actions.shape == (40, 3)
+    assert first.valid.all() and first.num_samples == 120
+    # A rollout continues where the last one stopped.
+    going = ~(first.terminated[-1] | first.truncated[-1])
+    assert going.any() and torch.equal(second.obs[0][going], first.next_obs[-1][going])
+    for n in range(3):
+        ends = first.terminated[:, n].nonzero().flatten().tolist()
+        assert len(ends) >= 2  # pushing left, the pole falls within ~10 steps
+        for t in ends[:-1] if ends[-1] == 39 else ends:
+            # An ended step's next_obs is where it ended (the pole past 12 degrees), and the
+            # next step starts a fresh episode (near upright).
+            assert abs(first.next_obs[t, n, 2]) > 0.2
+            assert abs(first.obs[t + 1, n, 2]) < 0.05
+        steps = [t for t in range(39) if not first.terminated[t, n]]
+        assert all(torch.equal(first.next_obs[t, n], first.obs[t + 1, n]) for t in steps)
+    # CartPole pays 1 a step: each finished episode's return is its length.
+    lengths = []
+    for n in range(3):
+        ends = [-1, *first.terminated[:, n].nonzero().flatten().tolist()]
+        lengths += [b - a for a, b in zip(ends, ends[1:])]
+    assert sorted(first.episode_returns.tolist()) == sorted(float(x) for x in lengths)
+    envs.close()
+
+
+def test_whole_episode_rollouts_mark_the_tails_invalid():
+    envs = make_vector("CartPole-v1", num_envs=4, seed=1)
+    rollout = next(iter(RolloutLoader(envs, Push(1), steps=None, batches=1)))
+    ended = rollout.terminated | rollout.truncated  # (T, N)
+    assert ended.any(dim=0).all()  # every environment finished an episode
+    for n in range(4):
+        last = ended[:, n].nonzero().max()
+        assert rollout.valid[: last + 1, n].all() and not rollout.valid[last + 1 :, n].any()
+    # The valid steps are exactly the finished episodes: their rewards add up to their returns.
+    assert rollout.rewards[rollout.valid].sum() == rollout.episode_returns.sum()
+    envs.close()
+
+
+def test_evaluation_is_one_seeded_episode_per_seed():
+    returns = evaluate(Push(0).greedy, "CartPole-v1", seeds=list(range(10)))
+    assert returns.shape == (10,)
+    assert (returns >= 8).all() and (returns <= 12).all()  # pushing one way: ~10 steps up
+    assert torch.equal(returns, evaluate(Push(0).greedy, "CartPole-v1", seeds=list(range(10))))
+    assert not torch.equal(returns, evaluate(Push(0).greedy, "CartPole-v1", seeds=list(range(10, 20))))
+
+
+def test_processes_get_their_own_environments_and_a_share_of_the_episodes():
+    class Trainer:
+        world_size = 3
+        lightning_module = Push(0)
+
+        def __init__(self, rank):
+            self.global_rank = rank
+
+    shares, starts = [], []
+    for rank in range(3):
+        dm = GymDataModule(num_envs=2, rollout_steps=1, eval_episodes=100, seed=5)
+        dm.trainer = Trainer(rank)
+        dm.setup("fit")
+        shares.append(next(iter(dm.val_dataloader())))
+        starts.append(next(iter(dm.train_dataloader())).obs[0])  # (2, 4)
+        dm.teardown("fit")
+    assert [len(s) for s in shares] == [33, 33, 34]
+    starts = torch.cat(starts)  # 6 environments, seeded apart: 6 different first states
+    assert len(torch.unique(starts, dim=0)) == 6
+    everyone = torch.cat(shares)
+    one = GymDataModule(num_envs=2, eval_episodes=100, seed=5)
+    one.trainer = type("T", (), {"world_size": 1, "global_rank": 0, "lightning_module": Push(0)})()
+    one.setup("fit")
+    assert torch.equal(everyone, next(iter(one.val_dataloader())))  # the same 100 episodes
+    with pytest.raises(UserError, match="at least 1"):
+        GymDataModule(num_envs=0)
+    with pytest.raises(UserError, match="num_workers"):
+        GymDataModule(num_workers=2)

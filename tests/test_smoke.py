@@ -10,6 +10,7 @@ from tests.conftest import PROJECTS, offline, options
 SMALLER = {
     "vit_finetune": ["model.net.image_size=32"],
     "kws": ["data.synthetic_size=[256,64]"],  # synthetic speech costs 2 ms a clip to make
+    "dqn": ["model.learning_starts=0"],  # learn from the one rollout fast_dev_run collects
 }
 # ViT-B/16 (86M parameters) takes ~11 s even so: `make test-all` runs it; its net is unit-tested
 # in test_vit_nets.py and its config instantiated in test_configs.py.

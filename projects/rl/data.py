@@ -138,9 +138,15 @@ class GymDataModule(L.LightningDataModule):
         rollout_steps: int | None = 1,
         rollouts_per_epoch: int = 1000,
         eval_episodes: int = 100,
+        num_workers: int = 0,
         seed: int = 42,
     ):
         super().__init__()
+        if num_workers:
+            raise UserError(
+                f"data.num_workers={num_workers}: the environments step in the training process, "
+                "where the agent acts (data.num_envs sets how many)"
+            )
         for key, value in (
             ("num_envs", num_envs),
             ("rollouts_per_epoch", rollouts_per_epoch),

@@ -106,9 +106,13 @@ class DQN(RLAgent):
             self.learn(loss, self.max_grad_norm)
             self.tally("loss", loss)
             if self.global_step % self.target_sync_every == 0:  # optimizer steps so far
-                with torch.no_grad():  # target <- tau * online + (1 - tau) * target
-                    for target, online in zip(self.target_q.parameters(), self.q.parameters()):
-                        target.lerp_(online, self.tau)
+                self.sync_target()
+
+    @torch.no_grad()
+    def sync_target(self) -> None:
+        """target <- tau * online + (1 - tau) * target (tau = 1: a copy)."""
+        for target, online in zip(self.target_q.parameters(), self.q.parameters(), strict=True):
+            target.lerp_(online, self.tau)
 
     def on_train_epoch_end(self) -> None:
         self.log("train/epsilon", self.epsilon())
