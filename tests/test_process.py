@@ -1,5 +1,6 @@
 """Tier 4 (process): the command line, as a user types it, and round trips through files on disk."""
 
+import json
 import os
 import re
 import shlex
@@ -408,6 +409,32 @@ def test_keyword_spotting_trains_under_ddp_with_its_pictures(tmp_path):
         "val_log_mel_by_class_epoch000.png",
     ]
     assert "test/acc" in result.stdout
+
+
+@pytest.mark.slow
+def test_rl_agents_learn_as_data_parallel_learners_under_ddp(tmp_path):
+    """Two processes, each stepping its own 4 environments: twice the environment steps per
+    rollout, and the 11 evaluation episodes shared out (5 and 6) and reported as one mean,
+    equal to what one process reports for the same checkpoint."""
+    words = ("PROJECT=ppo", "trainer.max_epochs=1", "data.rollouts_per_epoch=2", "logger=csv")
+    result = make_ddp(tmp_path, *words, "data.eval_episodes=11", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (tmp_path / "logs" / "ppo").iterdir()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["val/env_steps"] == 2 * 128 * 4 * 2  # rollouts x steps x envs x processes
+    assert "sync_dist" not in result.stderr  # the returns are reduced exactly, then logged
+    ddp_test = read_test_metrics(run_dir)
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    single = make(
+        tmp_path / "single",
+        "eval",
+        "PROJECT=ppo",
+        f"ckpt_path={ckpt}",
+        "logger=csv",
+        "data.eval_episodes=11",
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+    assert read_test_metrics(tmp_path / "single" / "logs") == pytest.approx(ddp_test)
 
 
 @pytest.mark.slow

@@ -139,8 +139,6 @@ def test_double_dqn_target_on_a_hand_made_batch():
 
 # --- environments and loaders ---------------------------------------------------------------
 
-import numpy as np  # noqa: E402
-
 from common.errors import UserError  # noqa: E402
 from projects.rl.data import GymDataModule, RolloutLoader  # noqa: E402
 from projects.rl.envs import evaluate, make_env, make_vector, spaces  # noqa: E402
@@ -191,7 +189,7 @@ def test_fixed_length_rollouts_record_real_transitions_across_episode_ends():
     lengths = []
     for n in range(3):
         ends = [-1, *first.terminated[:, n].nonzero().flatten().tolist()]
-        lengths += [b - a for a, b in zip(ends, ends[1:])]
+        lengths += [b - a for a, b in zip(ends[:-1], ends[1:], strict=True)]
     assert sorted(first.episode_returns.tolist()) == sorted(float(x) for x in lengths)
     envs.close()
 
@@ -214,7 +212,9 @@ def test_evaluation_is_one_seeded_episode_per_seed():
     assert returns.shape == (10,)
     assert (returns >= 8).all() and (returns <= 12).all()  # pushing one way: ~10 steps up
     assert torch.equal(returns, evaluate(Push(0).greedy, "CartPole-v1", seeds=list(range(10))))
-    assert not torch.equal(returns, evaluate(Push(0).greedy, "CartPole-v1", seeds=list(range(10, 20))))
+    assert not torch.equal(
+        returns, evaluate(Push(0).greedy, "CartPole-v1", seeds=list(range(10, 20)))
+    )
 
 
 def test_processes_get_their_own_environments_and_a_share_of_the_episodes():

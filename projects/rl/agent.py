@@ -99,13 +99,13 @@ class RLAgent(TemplateModule):
         ).tolist()
         mean = total / n
         std = math.sqrt(max(squares / n - mean**2, 0.0))
-        self.log(f"{stage}/return", mean, prog_bar=True, sync_dist=False)
-        self.log(f"{stage}/return_std", std, sync_dist=False)
-        self.log(f"{stage}/env_steps", float(self.env_steps), sync_dist=False)
+        self.log(f"{stage}/return", mean, prog_bar=True, sync_dist=True)
+        self.log(f"{stage}/return_std", std, sync_dist=True)
         return mean, std
 
     def on_validation_epoch_end(self) -> None:
         mean, _ = self.report("val")
+        self.log("val/env_steps", float(self.env_steps), sync_dist=True)  # the x of the curve
         if self.trainer.sanity_checking:
             return
         if self.solved is not None and mean >= self.solved:
