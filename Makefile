@@ -63,10 +63,11 @@ test: $(PY) ## The quick loop: every tier but the slow tests (minutes on 2 CPU c
 test-all: $(PY) ## Every test, the slow ones included: what CI runs
 	$(PY) -m pytest $(ARGS)
 
-bench: $(PY) ## Benchmarks: make-train stack vs plain loop (ARGS go to it), tensor loader vs DataLoader, audio features
+bench: $(PY) ## Benchmarks: make-train stack vs plain loop (ARGS go to it), tensor loader vs DataLoader, audio features, RL env steps/s
 	$(PY) -m benchmarks.stack $(ARGS)
 	$(PY) -m benchmarks.loaders
 	$(PY) -m benchmarks.audio
+	$(PY) -m benchmarks.rl
 
 bench-ddp: $(PY) ## DDP scaling: samples/s with 1 and 2 processes, and the efficiency
 	$(PY) -m benchmarks.ddp $(ARGS)

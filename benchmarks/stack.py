@@ -55,7 +55,6 @@ def bench_config(
     out: Path, steps: int, batch_size: int, extra: list[str] = (), project: str = "mnist"
 ):
     """A project's config on synthetic data, `steps` batches, no validation, under `out`."""
-    register_resolvers()
     per_batch = STEPS_PER_BATCH.get(project, 1)
     overrides = [
         f"project={project}",
@@ -72,6 +71,12 @@ def bench_config(
         "callbacks.model_checkpoint.monitor=null",
         *extra,
     ]
+    return compose_config(out, overrides)
+
+
+def compose_config(out: Path, overrides: list[str]):
+    """The resolved `make train` config of `overrides`, writing under `out`."""
+    register_resolvers()
     with initialize_config_dir(str(REPO_ROOT / "configs"), version_base="1.3"):
         cfg = compose("train", overrides=overrides, return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)

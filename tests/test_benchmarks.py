@@ -40,3 +40,10 @@ def test_ddp_benchmark_runs_one_and_two_processes():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 process(es):" in result.stdout and "scaling efficiency" in result.stdout
+
+
+def test_rl_benchmark_runs_both_paths():
+    tiny = ["--projects", "ppo", "--rollouts", "3", "--warmup", "1", "--rounds", "1"]
+    result = run(sys.executable, "-m", "benchmarks.rl", *tiny)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(r"ppo\s+1024\s+\d+\s+\d+\s+\d+\.\d+x", result.stdout), result.stdout

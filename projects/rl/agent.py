@@ -3,6 +3,7 @@ evaluation by greedy return (mean and std over seeded episodes, the way RL paper
 stopping once the environment counts as solved, and films of episodes."""
 
 import math
+import time
 
 import torch
 
@@ -41,6 +42,7 @@ class RLAgent(TemplateModule):
         self.automatic_optimization = False
         self.sums: dict[str, tuple[torch.Tensor, int]] = {}  # training statistics (`tally`)
         self.returns: list[torch.Tensor] = []  # this evaluation's returns, this process's share
+        self.fit_started = time.perf_counter()
 
     # --- acting ---------------------------------------------------------------------------------
 
@@ -49,9 +51,8 @@ class RLAgent(TemplateModule):
         returns of the episodes that ended in it (exploring: below what greedy evaluation
         shows)."""
         self.env_steps += rollout.num_samples * self.trainer.world_size
-        episodes = rollout.episode_returns
-        if len(episodes):
-            self.tally("episode_return", episodes.sum(), len(episodes))
+        episodes = rollout.episode_returns  # (E,), E may be 0: a process whose episodes go on
+        self.tally("episode_return", episodes.sum(), len(episodes))
 
     # `self.log` costs ~0.8 ms a call on this CPU (measured): more than a DQN update. The step
     # adds to running sums on the device instead, and their means are logged once an epoch.
@@ -64,9 +65,18 @@ class RLAgent(TemplateModule):
         self.sums[name] = (old + total.detach(), n + count)
 
     def on_train_epoch_end(self) -> None:
-        means = {f"train/{k}": total / n for k, (total, n) in self.sums.items()}
+        # Every process tallies the same names (episode_return even when none ended), so one
+        # reduction of (total, count) pairs gives the mean over all processes' items.
+        names = sorted(self.sums)
+        pairs = torch.tensor([[float(self.sums[k][0]), self.sums[k][1]] for k in names])  # (K, 2)
+        pairs = self.trainer.strategy.reduce(pairs.to(self.device), reduce_op="sum").cpu()
+        means = {
+            f"train/{k}": total / n
+            for k, (total, n) in zip(names, pairs.tolist(), strict=True)
+            if n
+        }
         means["train/env_steps"] = float(self.env_steps)
-        self.log_dict(means, sync_dist=True)
+        self.log_dict(means, sync_dist=True)  # equal everywhere: this only quiets a warning
 
     def learn(self, loss: torch.Tensor, max_grad_norm: float | None) -> None:
         """One optimizer step on `loss`, its gradients clipped to norm `max_grad_norm`."""
@@ -78,6 +88,9 @@ class RLAgent(TemplateModule):
         optimizer.step()
 
     # --- evaluation -----------------------------------------------------------------------------
+
+    def on_fit_start(self) -> None:
+        self.fit_started = time.perf_counter()
 
     def on_validation_epoch_start(self) -> None:
         self.returns = []
@@ -105,7 +118,10 @@ class RLAgent(TemplateModule):
 
     def on_validation_epoch_end(self) -> None:
         mean, _ = self.report("val")
-        self.log("val/env_steps", float(self.env_steps), sync_dist=True)  # the x of the curve
+        # The learning curve's x axes: environment steps, and wall seconds since fitting began
+        # (evaluations included).
+        self.log("val/env_steps", float(self.env_steps), sync_dist=True)
+        self.log("val/seconds", time.perf_counter() - self.fit_started, sync_dist=True)
         if self.trainer.sanity_checking:
             return
         if self.solved is not None and mean >= self.solved:

@@ -82,6 +82,7 @@ class DQN(RLAgent):
         return torch.where(explore, random, actions)
 
     def on_fit_start(self) -> None:
+        super().on_fit_start()
         # Transitions are not checkpointed (they would outweigh the net 1000x): a resumed run
         # refills the buffer, then learns again.
         self.buffer = ReplayBuffer(self.buffer_size, (self.obs_dim,), device=self.device)
