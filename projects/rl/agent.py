@@ -102,8 +102,9 @@ class RLAgent(TemplateModule):
 
     test_step = validation_step
 
-    def report(self, stage: str) -> tuple[float, float]:
-        """Log `<stage>/return` and `<stage>/return_std` over every process's episodes."""
+    def report(self, stage: str) -> tuple[float, int]:
+        """Log `<stage>/return` and `<stage>/return_std` over every process's episodes; return
+        the mean and the number of episodes."""
         returns = torch.cat(self.returns).double()
         # Exact over processes with uneven shares: sum, sum of squares and count, summed.
         moments = torch.stack([returns.sum(), (returns**2).sum(), torch.tensor(len(returns))])
@@ -114,10 +115,10 @@ class RLAgent(TemplateModule):
         std = math.sqrt(max(squares / n - mean**2, 0.0))
         self.log(f"{stage}/return", mean, prog_bar=True, sync_dist=True)
         self.log(f"{stage}/return_std", std, sync_dist=True)
-        return mean, std
+        return mean, int(n)
 
     def on_validation_epoch_end(self) -> None:
-        mean, _ = self.report("val")
+        mean, episodes = self.report("val")
         # The learning curve's x axes: environment steps, and wall seconds since fitting began
         # (evaluations included).
         self.log("val/env_steps", float(self.env_steps), sync_dist=True)
@@ -126,9 +127,8 @@ class RLAgent(TemplateModule):
             return
         if self.solved is not None and mean >= self.solved:
             self.print(
-                f"{self.env} solved: greedy return {mean:.1f} >= {self.solved:g} over "
-                f"{self.trainer.datamodule.eval_episodes} episodes after {self.env_steps:,} "
-                "environment steps"
+                f"{self.env} solved: greedy return {mean:.1f} >= {self.solved:g} over {episodes} "
+                f"episodes after {self.env_steps:,} environment steps"
             )
             self.trainer.should_stop = True
         due = self.film_every_n_epochs and (self.current_epoch + 1) % self.film_every_n_epochs == 0
@@ -139,7 +139,7 @@ class RLAgent(TemplateModule):
         self.report("test")
 
     def log_film(self) -> None:
-        """An episode of the greedy policy, to TensorBoard and `<run>/images/episode_epochNNN.gif`."""
+        """An episode of the greedy policy, to TensorBoard and `<run>/images/val_episode_epochNNN.gif`."""
         if self.trainer.global_rank != 0:
             return
         frames, total, fps = self.play_episode(seed=0)
