@@ -149,6 +149,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians shown")
     parser.add_argument("--worker", choices=["plain", "lightning"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.rollouts is not None and args.warmup is not None and args.warmup >= args.rollouts:
+        parser.error(
+            f"--warmup {args.warmup} leaves no rollout of --rollouts {args.rollouts} to time"
+        )
     if args.worker:
         (project,) = args.projects
         worker(args.worker, project, args.rollouts, args.warmup)

@@ -154,8 +154,6 @@ def log_animation(module, tag: str, frames: list, fps: float) -> None:
             summary = Summary(value=[Summary.Value(tag=tag, image=image)])
             logger.experiment.file_writer.add_summary(summary, module.global_step)
         elif isinstance(logger, WandbLogger):
-            import wandb
-
-            logger.experiment.log(
-                {tag: wandb.Video(io.BytesIO(data), format="gif")}, step=module.global_step
+            logger.log_video(
+                key=tag, videos=[io.BytesIO(data)], step=module.global_step, format=["gif"]
             )

@@ -194,16 +194,18 @@ def test_fixed_length_rollouts_record_real_transitions_across_episode_ends():
     envs.close()
 
 
-def test_whole_episode_rollouts_mark_the_tails_invalid():
+def test_whole_episode_rollouts_hold_whole_episodes_and_mark_the_tails_invalid():
     envs = make_vector("CartPole-v1", num_envs=4, seed=1)
-    rollout = next(iter(RolloutLoader(envs, Push(1), steps=None, batches=1)))
-    ended = rollout.terminated | rollout.truncated  # (T, N)
-    assert ended.any(dim=0).all()  # every environment finished an episode
-    for n in range(4):
-        last = ended[:, n].nonzero().max()
-        assert rollout.valid[: last + 1, n].all() and not rollout.valid[last + 1 :, n].any()
-    # The valid steps are exactly the finished episodes: their rewards add up to their returns.
-    assert rollout.rewards[rollout.valid].sum() == rollout.episode_returns.sum()
+    for rollout in RolloutLoader(envs, Push(1), steps=None, batches=3):
+        ended = rollout.terminated | rollout.truncated  # (T, N)
+        assert ended.any(dim=0).all()  # every environment finished an episode
+        for n in range(4):
+            last = ended[:, n].nonzero().max()
+            assert rollout.valid[: last + 1, n].all() and not rollout.valid[last + 1 :, n].any()
+        # Every rollout starts new episodes: its valid steps are exactly the episodes that
+        # ended in it, and their rewards add up to those episodes' returns.
+        assert abs(rollout.obs[0, :, 2]).max() < 0.05  # poles near upright: fresh starts
+        assert rollout.rewards[rollout.valid].sum() == rollout.episode_returns.sum()
     envs.close()
 
 
@@ -241,7 +243,39 @@ def test_processes_get_their_own_environments_and_a_share_of_the_episodes():
     one.trainer = type("T", (), {"world_size": 1, "global_rank": 0, "lightning_module": Push(0)})()
     one.setup("fit")
     assert torch.equal(everyone, next(iter(one.val_dataloader())))  # the same 100 episodes
-    with pytest.raises(UserError, match="at least 1"):
-        GymDataModule(num_envs=0)
+    for bad in ({"num_envs": 0}, {"num_envs": 1.5}, {"eval_episodes": True}, {"rollout_steps": 0}):
+        with pytest.raises(UserError, match=f"data.{next(iter(bad))}=.* must be a whole number"):
+            GymDataModule(**bad)
     with pytest.raises(UserError, match="num_workers"):
         GymDataModule(num_workers=2)
+
+
+# --- recipes the agents refuse, each as one readable error ----------------------------------
+
+from hydra.errors import InstantiationException  # noqa: E402
+from hydra.utils import instantiate  # noqa: E402
+
+from common.instantiate import instantiate_model  # noqa: E402
+from common.train import train  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["project=reinforce", "data.rollout_steps=16"], "monte_carlo .* whole episodes"),
+        (["project=ppo", "model.minibatches=600"], "more than the 512 samples"),
+        (["project=dqn", "+model/scheduler=onecycle"], "no learning-rate schedule"),
+        (["project=dqn", "model.target_sync_every=0"], "target_sync_every=0 must be"),
+        (["project=dqn", "model.tau=0"], "tau=0"),
+    ],
+)
+def test_a_recipe_that_cannot_run_is_refused_before_training(config, overrides, message):
+    with pytest.raises((UserError, InstantiationException), match=message):
+        instantiate_model(config(*overrides).model)
+
+
+def test_a_rollout_larger_than_the_replay_buffer_is_refused(config):
+    cfg = config("project=dqn", "model.buffer_size=100", "trainer.max_epochs=1", "test=false")
+    with pytest.raises(UserError, match="256 transitions does not fit model.buffer_size=100"):
+        train(cfg)
+    assert isinstance(instantiate(cfg.data), GymDataModule)

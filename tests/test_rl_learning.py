@@ -2,6 +2,8 @@
 their rollouts are collected by the weights being trained (on-policy); `make play` films a
 trained agent; an episode reaches TensorBoard as an animated GIF."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -122,3 +124,28 @@ def test_a_checkpoint_tests_on_its_own_and_keeps_its_step_count(trained, tmp_pat
     again = train(make_config(tmp_path, overrides))
     # One epoch: last.ckpt holds the weights the run tested as its best, on the same seeds.
     assert again["test/return"] == pytest.approx(metrics["test/return"])
+
+
+def test_reinforce_keeps_its_monte_carlo_returns_through_evaluations(config, monkeypatch):
+    """Evaluation must leave the recipe alone: no GAE in REINFORCE, epoch after epoch."""
+
+    def no_gae(*args, **kwargs):
+        raise AssertionError("REINFORCE estimated advantages with GAE")
+
+    monkeypatch.setattr("projects.rl.pg.gae", no_gae)
+    cfg = config("project=reinforce", "trainer.max_epochs=3", "data.rollouts_per_epoch=1")
+    cfg.data.eval_episodes, cfg.test = 2, False
+    assert train(cfg)["val/env_steps"] > 0
+
+
+@pytest.mark.slow
+def test_a_resumed_dqn_refills_its_buffer_before_it_learns_again(tmp_path):
+    """Replay transitions are not checkpointed: a resumed run waits learning_starts steps."""
+    words = ["project=dqn", "data.eval_episodes=2", "test=false"]
+    ckpt, _ = train_once(tmp_path, [*words, "trainer.max_epochs=1"])
+    assert torch.load(ckpt, weights_only=True)["global_step"] == 128  # rollout 4 (of 4) learned
+    # One more epoch: rollouts 5-7 refill (768 steps < 1000), rollout 8 learns: 128 updates.
+    cfg = make_config(tmp_path, [*words, "trainer.max_epochs=2", f"ckpt_path={ckpt}"])
+    train(cfg)
+    resumed = Path(cfg.paths.output_dir, "checkpoints", "last.ckpt")
+    assert torch.load(resumed, weights_only=True)["global_step"] == 256

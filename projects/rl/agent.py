@@ -7,6 +7,7 @@ import time
 
 import torch
 
+from common.errors import UserError
 from common.figures import animation_path, log_animation, save_gif
 from common.module import TemplateModule
 from projects.rl.envs import film, solved_at, spaces
@@ -19,6 +20,8 @@ class RLAgent(TemplateModule):
     `training_step(rollout)`, `act` and `greedy`. `env_steps` counts the environment steps of
     all processes; it is kept in checkpoints (an exploration schedule is a function of it).
     Optimization is manual (`learn`): DQN may not step at all on a rollout, PPO steps many times.
+    Randomness of acting and sampling comes from `self.rng`, a CPU generator seeded apart in
+    each process, so DDP's learners explore independently.
     """
 
     def __init__(
@@ -31,8 +34,14 @@ class RLAgent(TemplateModule):
         film_every_n_epochs: int = 5,
     ):
         super().__init__(optimizer, scheduler)
+        if scheduler is not None:
+            # Lightning steps no schedule under manual optimization, and its step count is of
+            # rollouts, not of updates: a schedule would silently not run as configured.
+            raise UserError(
+                "the RL agents take no learning-rate schedule: use model.scheduler=null"
+            )
         if not 0.0 <= gamma <= 1.0:
-            raise ValueError(f"gamma={gamma} is a discount: between 0 and 1")
+            raise UserError(f"model.gamma={gamma} is a discount: between 0 and 1")
         self.env = env
         self.obs_dim, self.num_actions = spaces(env)
         self.gamma = gamma
@@ -41,8 +50,9 @@ class RLAgent(TemplateModule):
         self.env_steps = 0
         self.automatic_optimization = False
         self.sums: dict[str, tuple[torch.Tensor, int]] = {}  # training statistics (`tally`)
-        self.returns: list[torch.Tensor] = []  # this evaluation's returns, this process's share
+        self.eval_returns: list[torch.Tensor] = []  # this evaluation's, this process's share
         self.fit_started = time.perf_counter()
+        self.rng = torch.Generator()
 
     # --- acting ---------------------------------------------------------------------------------
 
@@ -50,7 +60,14 @@ class RLAgent(TemplateModule):
         """Add a rollout's environment steps, every process's, to `env_steps`; tally the
         returns of the episodes that ended in it (exploring: below what greedy evaluation
         shows)."""
-        self.env_steps += rollout.num_samples * self.trainer.world_size
+        steps = rollout.num_samples
+        if self.trainer.world_size > 1:  # whole-episode rollouts differ in length by process
+            steps = int(
+                self.trainer.strategy.reduce(
+                    torch.tensor(steps, device=self.device), reduce_op="sum"
+                )
+            )
+        self.env_steps += steps
         episodes = rollout.episode_returns  # (E,), E may be 0: a process whose episodes go on
         self.tally("episode_return", episodes.sum(), len(episodes))
 
@@ -91,21 +108,25 @@ class RLAgent(TemplateModule):
 
     def on_fit_start(self) -> None:
         self.fit_started = time.perf_counter()
+        # Seeded from the run's seed (`seed_everything` set it), apart in each process, and on
+        # by the steps taken, so a resumed run does not replay the exploration it began with.
+        seed = torch.initial_seed() + 1_000_003 * self.trainer.global_rank + self.env_steps
+        self.rng.manual_seed(seed)
 
     def on_validation_epoch_start(self) -> None:
-        self.returns = []
+        self.eval_returns = []
 
     on_test_epoch_start = on_validation_epoch_start
 
     def validation_step(self, returns: torch.Tensor, batch_idx: int) -> None:
-        self.returns.append(returns)  # (E,) greedy returns of this process's episodes
+        self.eval_returns.append(returns)  # (E,) greedy returns of this process's episodes
 
     test_step = validation_step
 
     def report(self, stage: str) -> tuple[float, int]:
         """Log `<stage>/return` and `<stage>/return_std` over every process's episodes; return
         the mean and the number of episodes."""
-        returns = torch.cat(self.returns).double()
+        returns = torch.cat(self.eval_returns).double()
         # Exact over processes with uneven shares: sum, sum of squares and count, summed.
         moments = torch.stack([returns.sum(), (returns**2).sum(), torch.tensor(len(returns))])
         total, squares, n = self.trainer.strategy.reduce(

@@ -20,6 +20,10 @@ from projects.rl.envs import solved_at
 def read_run(run: Path) -> dict:
     """A run's curve {"steps", "seconds", "return", "std"} (lists), its seed, env and metrics."""
     events = EventAccumulator(str(run), size_guidance={"scalars": 0}).Reload()
+    if "val/return" not in events.Tags()["scalars"]:
+        raise SystemExit(
+            f"error: {run} has no val/return in its TensorBoard logs (logger=tensorboard)"
+        )
     curve = {
         key: [e.value for e in events.Scalars(tag)]
         for key, tag in (
@@ -31,7 +35,14 @@ def read_run(run: Path) -> dict:
     }
     config = yaml.safe_load((run / "config.yaml").read_text())
     metrics = json.loads((run / "metrics.json").read_text())
-    return {**curve, "seed": config["seed"], "env": config["data"]["env"], "metrics": metrics}
+    data = config["data"]
+    return {
+        **curve,
+        "seed": config["seed"],
+        "env": data["env"],
+        "episodes": data["eval_episodes"],
+        "metrics": metrics,
+    }
 
 
 def first_solved(run: dict, threshold: float) -> tuple[float, float] | None:
@@ -54,7 +65,8 @@ def curves_figure(runs: list[dict], threshold: float | None, title: str) -> Figu
         ax.axhline(
             threshold, color="grey", linestyle="--", linewidth=1, label=f"solved ({threshold:g})"
         )
-    ax.set(xlabel="environment steps", ylabel="greedy return (mean of 100 episodes)", title=title)
+    ylabel = f"greedy return (mean of {runs[0]['episodes']} episodes)"
+    ax.set(xlabel="environment steps", ylabel=ylabel, title=title)
     ax.legend(fontsize=8, loc="upper left")
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -72,7 +84,9 @@ def main() -> None:
         raise SystemExit(f"error: no runs (folders with metrics.json) under {args.folders}")
     runs = sorted((read_run(r) for r in run_dirs), key=lambda r: r["seed"])
     threshold = solved_at(runs[0]["env"])
-    print("| seed | solved at (env steps) | wall s | test return (100 episodes) |")
+    print(
+        f"| seed | solved at (env steps) | wall s | test return ({runs[0]['episodes']} episodes) |"
+    )
     print("| --- | --- | --- | --- |")
     for run in runs:
         solved = first_solved(run, threshold) if threshold is not None else None

@@ -61,8 +61,10 @@ class RolloutLoader:
     """`batches` rollouts per epoch from the vector environment `envs`, acted in by `agent`.
 
     `steps`: each rollout is that many steps of every environment (the environments carry on
-    across rollouts); None: each runs until every environment has ended at least one episode,
-    and the steps after each one's last ending are not `valid` (REINFORCE needs whole episodes).
+    across rollouts); None: whole episodes (REINFORCE's Monte Carlo returns need them): each
+    rollout starts new episodes and runs until every environment has ended at least one; the
+    steps after an environment's last ending are not `valid` (they were taken, and count as
+    environment steps, but their episode is cut off: the next rollout starts afresh).
     """
 
     def __init__(self, envs, agent: Agent, steps: int | None, batches: int):
@@ -78,8 +80,9 @@ class RolloutLoader:
             yield self.collect()
 
     def collect(self) -> Rollout:
-        if self.obs is None:
-            self.obs, _ = self.envs.reset()
+        if self.obs is None or self.steps is None:
+            self.obs, _ = self.envs.reset()  # seeded once, in `make_vector`: this goes on from it
+            self.episode_return[:] = 0.0
         n = self.envs.num_envs
         columns = {k: [] for k in Rollout._fields[:6]}
         ended_at = np.full(n, -1)  # each environment's last episode end in this rollout
@@ -151,11 +154,11 @@ class GymDataModule(L.LightningDataModule):
             ("num_envs", num_envs),
             ("rollouts_per_epoch", rollouts_per_epoch),
             ("eval_episodes", eval_episodes),
+            ("rollout_steps", 1 if rollout_steps is None else rollout_steps),
         ):
-            if value < 1:
-                raise UserError(f"data.{key}={value} must be at least 1")
-        if rollout_steps is not None and rollout_steps < 1:
-            raise UserError(f"data.rollout_steps={rollout_steps} must be at least 1, or null")
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                also = ", or null (whole episodes)" if key == "rollout_steps" else ""
+                raise UserError(f"data.{key}={value} must be a whole number >= 1{also}")
         self.env_id = env
         self.num_envs = num_envs
         self.rollout_steps = rollout_steps

@@ -31,9 +31,10 @@ def make_env(env_id: str, **kwargs) -> gym.Env:
             f"data.env={env_id} has continuous actions ({env.action_space}); these agents choose "
             "one of a few discrete actions: CartPole-v1, Acrobot-v1 or MountainCar-v0"
         )
-    if not isinstance(env.observation_space, gym.spaces.Box) or env.observation_space.shape is None:
-        env.close()
-        raise UserError(f"data.env={env_id} does not observe a vector ({env.observation_space})")
+    space = env.observation_space
+    if not isinstance(space, gym.spaces.Box) or len(space.shape or ()) != 1:
+        env.close()  # images, dicts: the agents' MLPs read one vector
+        raise UserError(f"data.env={env_id} does not observe a vector ({space})")
     return env
 
 

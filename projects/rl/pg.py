@@ -13,6 +13,7 @@ before the critic's estimate stands in for the rest, and in how many steps one r
 import torch
 import torch.nn.functional as F
 
+from common.errors import UserError
 from projects.rl.agent import RLAgent
 from projects.rl.data import Rollout
 from projects.rl.rollout import discounted_returns, gae
@@ -23,6 +24,8 @@ class PolicyGradient(RLAgent):
 
     Loss per minibatch: policy loss + `value_coef` * 0.5 (V - G)^2 - `entropy_coef` * entropy;
     gradients clipped to norm `max_grad_norm`. Advantages are normalized per minibatch.
+    `rollout_steps` and `num_envs` are the data's (interpolated in the config): Monte Carlo
+    returns need whole episodes, and a rollout must hold a sample for every minibatch.
     """
 
     def __init__(
@@ -33,6 +36,8 @@ class PolicyGradient(RLAgent):
         scheduler=None,
         gamma: float = 0.99,
         returns: str = "gae",
+        rollout_steps: int | None = 128,
+        num_envs: int = 4,
         lam: float = 0.95,
         clip: float | None = 0.2,
         update_epochs: int = 4,
@@ -45,11 +50,25 @@ class PolicyGradient(RLAgent):
     ):
         super().__init__(env, optimizer, scheduler, gamma, stop_when_solved, film_every_n_epochs)
         if returns not in ("gae", "monte_carlo"):
-            raise ValueError(f"returns={returns!r} is not one of gae, monte_carlo")
-        if update_epochs < 1 or minibatches < 1:
-            raise ValueError("update_epochs and minibatches must be at least 1")
+            raise UserError(f"model.returns={returns!r} is not one of gae, monte_carlo")
+        if returns == "monte_carlo" and rollout_steps is not None:
+            raise UserError(
+                "model.returns=monte_carlo sums rewards to the end of each episode: it learns "
+                "from whole episodes, data.rollout_steps=null"
+            )
+        for key, value in (("update_epochs", update_epochs), ("minibatches", minibatches)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise UserError(f"model.{key}={value} must be a whole number >= 1")
+        # The fewest samples a process's rollout can hold: whole episodes have one step each
+        # at least. Checked here, alike in every process, rather than per rollout.
+        fewest = num_envs * (rollout_steps or 1)
+        if minibatches > fewest:
+            raise UserError(
+                f"model.minibatches={minibatches} is more than the {fewest} samples a rollout "
+                "may hold: use fewer minibatches, or more data.rollout_steps or data.num_envs"
+            )
         self.net = net(self.obs_dim, self.num_actions)
-        self.returns, self.lam, self.clip = returns, lam, clip
+        self.return_estimate, self.lam, self.clip = returns, lam, clip
         self.update_epochs, self.minibatches = update_epochs, minibatches
         self.value_coef, self.entropy_coef = value_coef, entropy_coef
         self.max_grad_norm = max_grad_norm
@@ -58,7 +77,8 @@ class PolicyGradient(RLAgent):
     def act(self, obs: torch.Tensor) -> torch.Tensor:
         """An action sampled from pi(.|s): exploring is the policy's own randomness."""
         logits, _ = self.net(obs.to(self.device))
-        return torch.distributions.Categorical(logits=logits).sample()  # (N,)
+        probs = logits.float().softmax(-1).cpu()  # (N, A)
+        return torch.multinomial(probs, 1, generator=self.rng).squeeze(1)  # (N,)
 
     @torch.no_grad()
     def greedy(self, obs: torch.Tensor) -> torch.Tensor:
@@ -71,8 +91,10 @@ class PolicyGradient(RLAgent):
         logits, values = self.net(rollout.obs)  # (T, N, A), (T, N)
         old_logp = logits.log_softmax(-1).gather(-1, rollout.actions[..., None]).squeeze(-1)
         done = rollout.terminated | rollout.truncated
-        if self.returns == "monte_carlo":
-            # What each step was followed by, to the end of its episode: no estimate in it.
+        if self.return_estimate == "monte_carlo":
+            # What each step was followed by, to the end of its episode: no estimate in it. A
+            # time limit ends the sum too (CartPole's 500 steps): the rewards after it are
+            # not seen, where GAE bootstraps them from V.
             returns = discounted_returns(rollout.rewards, done, self.gamma)
             return returns - values, returns, old_logp
         next_values = self.net(rollout.next_obs)[1]  # (T, N): V of where each step landed
@@ -117,12 +139,10 @@ class PolicyGradient(RLAgent):
         for _ in range(self.update_epochs):
             # The same number of minibatches in every process (whole episodes vary in length):
             # DDP steps them together.
-            for index in torch.randperm(n, device=self.device).tensor_split(self.minibatches):
+            order = torch.randperm(n, generator=self.rng).to(self.device)
+            for index in order.tensor_split(self.minibatches):
                 loss, stats = self.loss(*(x[index] for x in samples))
                 self.learn(loss, self.max_grad_norm)
-        scheduler = self.lr_schedulers()
-        if scheduler is not None:
-            scheduler.step()
         self.tally("loss", loss)  # the last minibatch's
         for name, value in stats.items():
             self.tally(name, value)
