@@ -72,6 +72,7 @@ def run_plain(cfg, warmup: int) -> tuple[float, float]:
         datamodule.train_envs, model, datamodule.rollout_steps, datamodule.rollouts_per_epoch
     )
     optimizer = model.optimizer_factory(params=model.parameters())
+    model.rng.manual_seed(torch.initial_seed())  # as on_fit_start seeds it in one process
     step = dqn_step if cfg.name == "dqn" else pg_step
     start = None
     for i, rollout in enumerate(loader):
@@ -101,7 +102,7 @@ def dqn_step(model, optimizer, rollout) -> None:
     if model.env_steps < model.learning_starts:
         return
     for _ in range(model.updates_per_rollout):
-        loss = model.td_loss(*model.buffer.sample(model.batch_size))
+        loss = model.td_loss(*model.buffer.sample(model.replay_batch_size, model.rng))
         clip_and_step(model, optimizer, loss, model.max_grad_norm)
         model.plain_updates = getattr(model, "plain_updates", 0) + 1
         if model.plain_updates % model.target_sync_every == 0:
@@ -118,7 +119,9 @@ def pg_step(model, optimizer, rollout) -> None:
         for x in (rollout.obs, rollout.actions, advantages, returns, old_logp)
     ]
     for _ in range(model.update_epochs):
-        for index in torch.randperm(len(samples[0])).tensor_split(model.minibatches):
+        for index in torch.randperm(len(samples[0]), generator=model.rng).tensor_split(
+            model.minibatches
+        ):
             loss, _ = model.loss(*(x[index] for x in samples))
             clip_and_step(model, optimizer, loss, model.max_grad_norm)
 

@@ -17,7 +17,7 @@ RANDOM_RETURN = 22
 
 # Small budgets, 20 evaluation episodes: the best greedy return (the checkpoint's score) must
 # be several times a random policy's. Measured with these settings (seed 42; best / test):
-# dqn 165 / 165, ppo 411 / 455, reinforce 387 / 413, 10 s for the three on 2 CPU cores.
+# dqn 150 / 150, ppo 322 / 392, reinforce 130 / 133, 10 s for the three on 2 CPU cores.
 BUDGETS = {
     "dqn": ["trainer.max_epochs=2"],  # 2048 steps, learning from step 1000
     "ppo": ["trainer.max_epochs=3"],  # 15,360 steps
