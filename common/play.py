@@ -14,21 +14,17 @@ from common.capabilities import PlaysEpisodes
 from common.entry import entry
 from common.errors import UserError
 from common.figures import save_gif
-from common.predict import check_output, checkpoint_path, load_trained
+from common.predict import checkpoint_path, load_trained, output_beside
 
 
 def play(cfg: DictConfig) -> tuple[Path, float]:
     """Play one episode of the checkpoint `cfg.ckpt_path`; return the GIF's path and the return."""
-    if not isinstance(cfg.seed, int) or cfg.seed < 0:
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool) or cfg.seed < 0:
         raise UserError(f"seed={cfg.seed} must be a whole number >= 0")
     ckpt_path = Path(checkpoint_path(cfg))
-    if cfg.get("output"):
-        path = Path(str(cfg.output)).expanduser()
-    else:  # beside the checkpoint: logs/<project>/<run>/checkpoints/last_episode_seed0.gif
-        path = ckpt_path.with_name(f"{ckpt_path.stem}_episode_seed{cfg.seed}.gif")
-    if path.suffix.lower() != ".gif":
-        raise UserError(f"output={path} must end in .gif")
-    check_output(path, cfg.overwrite, reading=ckpt_path)  # before the model loads: cheap first
+    # By default beside the checkpoint: logs/<project>/<run>/checkpoints/last_episode_seed0.gif;
+    # checked before the model loads: the cheap mistakes first.
+    path = output_beside(cfg, ckpt_path, f"{ckpt_path.stem}_episode_seed{cfg.seed}.gif", ".gif")
     model = load_trained(cfg, str(ckpt_path), PlaysEpisodes, "play episodes")
     frames, total, fps = model.play_episode(seed=cfg.seed)
     save_gif(frames, fps, path)

@@ -38,6 +38,16 @@ def checkpoint_path(cfg: DictConfig) -> str:
     return path
 
 
+def output_beside(cfg: DictConfig, ckpt_path: Path, name: str, suffix: str) -> Path:
+    """The file a verb writes from a checkpoint: `cfg.output`, or `name` beside the checkpoint;
+    a UserError unless it ends in `suffix` and may be written (`check_output`)."""
+    path = Path(str(cfg.output)).expanduser() if cfg.get("output") else ckpt_path.with_name(name)
+    if path.suffix.lower() != suffix:
+        raise UserError(f"output={path} must end in {suffix}")
+    check_output(path, cfg.overwrite, reading=ckpt_path)
+    return path
+
+
 def check_output(output: Path, overwrite: bool, reading: Path | None = None) -> None:
     """A UserError unless `output` may be written: not the file being read (`reading`, through
     any symlink), not an existing file unless `overwrite`, in a folder that exists and can be

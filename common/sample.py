@@ -15,7 +15,7 @@ from common.capabilities import SamplesImages
 from common.entry import entry
 from common.errors import UserError
 from common.figures import image_grid, save_png
-from common.predict import check_output, checkpoint_path, load_trained
+from common.predict import checkpoint_path, load_trained, output_beside
 
 
 def sample(cfg: DictConfig) -> Path:
@@ -26,13 +26,11 @@ def sample(cfg: DictConfig) -> Path:
     if nrow is not None and (not isinstance(nrow, int) or nrow < 1):
         raise UserError(f"nrow={nrow} must be a positive whole number (or null: a square grid)")
     ckpt_path = Path(checkpoint_path(cfg))
-    if cfg.get("output"):
-        path = Path(str(cfg.output)).expanduser()
-    else:  # beside the checkpoint: logs/<project>/<run>/checkpoints/last_samples_n64_seed42.png
-        path = ckpt_path.with_name(f"{ckpt_path.stem}_samples_n{n}_seed{cfg.seed}.png")
-    if path.suffix.lower() != ".png":
-        raise UserError(f"output={path} must end in .png")
-    check_output(path, cfg.overwrite, reading=ckpt_path)  # before the model loads: cheap first
+    # By default beside the checkpoint: logs/<project>/<run>/checkpoints/last_samples_n64_seed42.png;
+    # checked before the model loads: the cheap mistakes first.
+    path = output_beside(
+        cfg, ckpt_path, f"{ckpt_path.stem}_samples_n{n}_seed{cfg.seed}.png", ".png"
+    )
     model = load_trained(cfg, str(ckpt_path), SamplesImages, "sample images")
     with torch.inference_mode():
         images = model.sample_images(n, seed=cfg.seed)  # (n, C, H, W) in [0, 1]

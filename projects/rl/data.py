@@ -27,6 +27,13 @@ from projects.rl.envs import evaluate, make_vector
 VAL_SEEDS, TEST_SEEDS = 1_000_000, 2_000_000
 
 
+def require_counts(group: str, **values) -> None:
+    """A UserError naming `<group>.<key>` unless every value is a whole number >= 1."""
+    for key, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise UserError(f"{group}.{key}={value} must be a whole number >= 1")
+
+
 class Agent(Protocol):
     """What the loaders ask of the model: actions for observations (N, obs_dim) float32."""
 
@@ -150,15 +157,14 @@ class GymDataModule(L.LightningDataModule):
                 f"data.num_workers={num_workers}: the environments step in the training process, "
                 "where the agent acts (data.num_envs sets how many)"
             )
-        for key, value in (
-            ("num_envs", num_envs),
-            ("rollouts_per_epoch", rollouts_per_epoch),
-            ("eval_episodes", eval_episodes),
-            ("rollout_steps", 1 if rollout_steps is None else rollout_steps),
-        ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                also = ", or null (whole episodes)" if key == "rollout_steps" else ""
-                raise UserError(f"data.{key}={value} must be a whole number >= 1{also}")
+        require_counts(
+            "data",
+            num_envs=num_envs,
+            rollouts_per_epoch=rollouts_per_epoch,
+            eval_episodes=eval_episodes,
+        )
+        if rollout_steps is not None:  # null: whole episodes
+            require_counts("data", rollout_steps=rollout_steps)
         self.env_id = env
         self.num_envs = num_envs
         self.rollout_steps = rollout_steps

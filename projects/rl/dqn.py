@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from common.errors import UserError
 from projects.rl.agent import RLAgent
-from projects.rl.data import Rollout
+from projects.rl.data import Rollout, require_counts
 from projects.rl.rollout import ReplayBuffer, double_dqn_targets, linear_schedule
 
 
@@ -56,14 +56,13 @@ class DQN(RLAgent):
             raise UserError(
                 f"model.tau={tau}: the share of the online weights a sync copies, in (0, 1]"
             )
-        for key, value in (
-            ("buffer_size", buffer_size),
-            ("replay_batch_size", replay_batch_size),
-            ("updates_per_rollout", updates_per_rollout),
-            ("target_sync_every", target_sync_every),
-        ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise UserError(f"model.{key}={value} must be a whole number >= 1")
+        require_counts(
+            "model",
+            buffer_size=buffer_size,
+            replay_batch_size=replay_batch_size,
+            updates_per_rollout=updates_per_rollout,
+            target_sync_every=target_sync_every,
+        )
         self.q = net(self.obs_dim, self.num_actions)
         self.target_q = copy.deepcopy(self.q).requires_grad_(False)
         self.buffer_size, self.replay_batch_size = buffer_size, replay_batch_size

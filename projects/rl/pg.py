@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from common.errors import UserError
 from projects.rl.agent import RLAgent
-from projects.rl.data import Rollout
+from projects.rl.data import Rollout, require_counts
 from projects.rl.rollout import discounted_returns, gae
 
 
@@ -56,9 +56,7 @@ class PolicyGradient(RLAgent):
                 "model.returns=monte_carlo sums rewards to the end of each episode: it learns "
                 "from whole episodes, data.rollout_steps=null"
             )
-        for key, value in (("update_epochs", update_epochs), ("minibatches", minibatches)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise UserError(f"model.{key}={value} must be a whole number >= 1")
+        require_counts("model", update_epochs=update_epochs, minibatches=minibatches)
         # The fewest samples a process's rollout can hold: whole episodes have one step each
         # at least. Checked here, alike in every process, rather than per rollout.
         fewest = num_envs * (rollout_steps or 1)
