@@ -92,6 +92,7 @@ def stopped(err: BaseException) -> None:
         raise SystemExit(signals.exit_code())
     sys.stdout.flush()
     sys.stderr.flush()
+    signals.wait_for_rank_zero()  # rank 0 reports the stop and ends the job (and this rank)
     os._exit(signals.exit_code())  # a rank > 0 waits on no teardown of a group rank 0 has left
 
 

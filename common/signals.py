@@ -12,6 +12,7 @@ broadcasts its stop to every rank before each batch, and each rank exits non-zer
 import os
 import signal
 import sys
+import time
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
@@ -110,3 +111,21 @@ def die_with_parent() -> None:
         return
     if os.getppid() != parent:  # the parent was already gone before prctl took effect
         os._exit(exit_code(signal.SIGKILL))
+
+
+def wait_for_rank_zero(timeout: float = 30.0) -> None:
+    """In a DDP rank that Lightning started, before it exits on a stop: wait (at most `timeout`
+    seconds) for rank 0 to end first, which ends this process too (`die_with_parent`).
+
+    Lightning's launcher in rank 0 checks its child ranks every 5 s, and SIGKILLs rank 0 when one
+    has exited non-zero: a rank that left first could have rank 0 killed before it said why it
+    stopped and released its run directory (make then says "Killed", not "Error 143"). External
+    launchers (torchrun, SLURM) start every rank themselves and wait for all of them: nothing
+    to wait for there.
+    """
+    if any(key in os.environ for key in ("TORCHELASTIC_RUN_ID", "SLURM_PROCID")):
+        return
+    parent = os.getppid()
+    deadline = time.monotonic() + timeout
+    while os.getppid() == parent and time.monotonic() < deadline:
+        time.sleep(0.05)
