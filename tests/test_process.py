@@ -412,27 +412,33 @@ def test_keyword_spotting_trains_under_ddp_with_its_pictures(tmp_path):
 
 
 @pytest.mark.slow
-def test_rl_agents_learn_as_data_parallel_learners_under_ddp(tmp_path):
-    """Two processes, each stepping its own 4 environments: twice the environment steps per
-    rollout, and the 11 evaluation episodes shared out (5 and 6) and reported as one mean,
-    equal to what one process reports for the same checkpoint."""
-    words = ("PROJECT=ppo", "trainer.max_epochs=1", "data.rollouts_per_epoch=2", "logger=csv")
-    result = make_ddp(tmp_path, *words, "data.eval_episodes=11", timeout=600)
+@pytest.mark.parametrize(
+    ("project", "rollouts", "steps"),
+    [
+        ("ppo", 2, 2 * 128 * 4 * 2),  # rollouts x steps x envs x processes
+        ("dqn", 4, 4 * 256 * 1 * 2),  # learning from rollout 2 on: 1,024 steps >= 1,000
+        ("reinforce", 2, None),  # whole episodes: as long as they last, in each process
+    ],
+)
+def test_rl_agents_learn_as_data_parallel_learners_under_ddp(tmp_path, project, rollouts, steps):
+    """Two processes, each stepping its own environments: their steps add up, every process
+    agrees on the count, and the 11 evaluation episodes are shared out (5 and 6) and reported
+    as one mean, equal to what one process reports for the same checkpoint."""
+    words = (f"PROJECT={project}", "trainer.max_epochs=1", f"data.rollouts_per_epoch={rollouts}")
+    result = make_ddp(tmp_path, *words, "logger=csv", "data.eval_episodes=11", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    (run_dir,) = (tmp_path / "logs" / "ppo").iterdir()
+    (run_dir,) = (tmp_path / "logs" / project).iterdir()
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["val/env_steps"] == 2 * 128 * 4 * 2  # rollouts x steps x envs x processes
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    # Logged as the mean over processes; saved from rank 0: equal only if every process agrees.
+    assert torch.load(ckpt, weights_only=True)["env_steps"] == metrics["val/env_steps"]
+    if steps is not None:
+        assert metrics["val/env_steps"] == steps
+    assert "train/loss" in metrics  # every process stepped its optimizer together
     assert "sync_dist" not in result.stderr  # the returns are reduced exactly, then logged
     ddp_test = read_test_metrics(run_dir)
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
-    single = make(
-        tmp_path / "single",
-        "eval",
-        "PROJECT=ppo",
-        f"ckpt_path={ckpt}",
-        "logger=csv",
-        "data.eval_episodes=11",
-    )
+    words = (f"PROJECT={project}", f"ckpt_path={ckpt}", "logger=csv", "data.eval_episodes=11")
+    single = make(tmp_path / "single", "eval", *words)
     assert single.returncode == 0, single.stderr[-3000:]
     assert read_test_metrics(tmp_path / "single" / "logs") == pytest.approx(ddp_test)
 
