@@ -66,7 +66,7 @@ def run_plain(cfg, warmup: int) -> tuple[float, float]:
     model = instantiate_model(cfg.model)
     datamodule.trainer = None
     datamodule.setup("fit")
-    from projects.rl.data import RolloutLoader
+    from common.data.gym import RolloutLoader
 
     loader = RolloutLoader(
         datamodule.train_envs, model, datamodule.rollout_steps, datamodule.rollouts_per_epoch
@@ -93,7 +93,7 @@ def clip_and_step(model, optimizer, loss, max_grad_norm) -> None:
 
 def dqn_step(model, optimizer, rollout) -> None:
     """DQN.training_step without the Trainer."""
-    from projects.rl.rollout import ReplayBuffer
+    from common.rl.rollout import ReplayBuffer
 
     if model.buffer is None:
         model.buffer = ReplayBuffer(model.buffer_size, (model.obs_dim,))

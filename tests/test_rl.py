@@ -4,7 +4,7 @@ capacity and sampling, the exploration schedule, discounted returns, GAE, Double
 import pytest
 import torch
 
-from projects.rl.rollout import (
+from common.rl.rollout import (
     ReplayBuffer,
     discounted_returns,
     double_dqn_targets,
@@ -139,9 +139,9 @@ def test_double_dqn_target_on_a_hand_made_batch():
 
 # --- environments and loaders ---------------------------------------------------------------
 
+from common.data.gym import GymDataModule, RolloutLoader  # noqa: E402
 from common.errors import UserError  # noqa: E402
-from projects.rl.data import GymDataModule, RolloutLoader  # noqa: E402
-from projects.rl.envs import evaluate, make_env, make_vector, spaces  # noqa: E402
+from common.rl.envs import evaluate, make_env, make_vector, spaces  # noqa: E402
 
 
 class Push:

@@ -82,7 +82,7 @@ def test_make_play_writes_a_gif_and_prints_the_return(trained, tmp_path, capsys)
 def test_rollouts_are_collected_by_the_weights_being_trained(tmp_path):
     """Lightning fetches a batch ahead only from loaders without a length: ours has one, so
     each rollout is collected after the previous step's update (on-policy)."""
-    from projects.rl.pg import PolicyGradient
+    from common.rl.policy_gradient import PolicyGradient
 
     seen = {"acted": [], "trained": []}
     act, step = PolicyGradient.act, PolicyGradient.training_step
@@ -132,7 +132,7 @@ def test_reinforce_keeps_its_monte_carlo_returns_through_evaluations(config, mon
     def no_gae(*args, **kwargs):
         raise AssertionError("REINFORCE estimated advantages with GAE")
 
-    monkeypatch.setattr("projects.rl.pg.gae", no_gae)
+    monkeypatch.setattr("common.rl.policy_gradient.gae", no_gae)
     cfg = config("project=reinforce", "trainer.max_epochs=3", "data.rollouts_per_epoch=1")
     cfg.data.eval_episodes, cfg.test = 2, False
     assert train(cfg)["val/env_steps"] > 0

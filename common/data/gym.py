@@ -21,7 +21,7 @@ import torch
 
 from common.data.loaders import shard_bounds
 from common.errors import UserError
-from projects.rl.envs import evaluate, make_vector
+from common.rl.envs import evaluate, make_vector
 
 # Evaluation episodes are seeded far from the training environments' seeds, and test from val.
 VAL_SEEDS, TEST_SEEDS = 1_000_000, 2_000_000
@@ -202,7 +202,7 @@ class GymDataModule(L.LightningDataModule):
         ):
             raise UserError(
                 f"{type(model).__name__} cannot act in an environment (it needs act and greedy, "
-                "projects/rl/data.py): data=gym is for the RL projects"
+                "common/data/gym.py): data=gym is for the RL projects"
             )
         return model
 

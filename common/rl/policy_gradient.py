@@ -13,10 +13,10 @@ before the critic's estimate stands in for the rest, and in how many steps one r
 import torch
 import torch.nn.functional as F
 
+from common.data.gym import Rollout, require_counts
 from common.errors import UserError
-from projects.rl.agent import RLAgent
-from projects.rl.data import Rollout, require_counts
-from projects.rl.rollout import discounted_returns, gae
+from common.rl.agent import RLAgent
+from common.rl.rollout import discounted_returns, gae
 
 
 class PolicyGradient(RLAgent):

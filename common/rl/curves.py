@@ -1,4 +1,4 @@
-"""Learning curves of RL runs: `python -m projects.rl.curves <run or sweep folder>... [--out F]`.
+"""Learning curves of RL runs: `python -m common.rl.curves <run or sweep folder>... [--out F]`.
 
 Reads each run's TensorBoard scalars (val/return, its std, val/env_steps, val/seconds), draws
 the greedy return against environment steps (one line per run, the band is +-1 std over the
@@ -14,7 +14,7 @@ import yaml
 from matplotlib.figure import Figure
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from projects.rl.envs import solved_at
+from common.rl.envs import solved_at
 
 
 def read_run(run: Path) -> dict:

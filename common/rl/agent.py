@@ -10,7 +10,7 @@ import torch
 from common.errors import UserError
 from common.figures import animation_path, log_animation, save_gif
 from common.module import TemplateModule
-from projects.rl.envs import film, solved_at, spaces
+from common.rl.envs import film, solved_at, spaces
 
 
 class RLAgent(TemplateModule):

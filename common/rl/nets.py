@@ -1,4 +1,5 @@
-"""The agents' networks: small MLPs over an observation vector. Plain nn.Modules."""
+"""The policy-gradient agents' network, and the MLP every RL agent's nets are made of. Plain
+nn.Modules."""
 
 import torch
 from torch import nn
@@ -12,17 +13,6 @@ def mlp(sizes: list[int], activation=nn.Tanh) -> nn.Sequential:
         if i < len(sizes) - 2:
             layers.append(activation())
     return nn.Sequential(*layers)
-
-
-class QNet(nn.Module):
-    """Q(s, .): an observation (B, obs_dim) -> one value per action (B, num_actions)."""
-
-    def __init__(self, obs_dim: int, num_actions: int, hidden: tuple[int, ...] = (128, 128)):
-        super().__init__()
-        self.body = mlp([obs_dim, *hidden, num_actions], activation=nn.ReLU)
-
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.body(obs)
 
 
 class ActorCritic(nn.Module):

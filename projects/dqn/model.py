@@ -11,10 +11,10 @@ import copy
 import torch
 import torch.nn.functional as F
 
+from common.data.gym import Rollout, require_counts
 from common.errors import UserError
-from projects.rl.agent import RLAgent
-from projects.rl.data import Rollout, require_counts
-from projects.rl.rollout import ReplayBuffer, double_dqn_targets, linear_schedule
+from common.rl.agent import RLAgent
+from common.rl.rollout import ReplayBuffer, double_dqn_targets, linear_schedule
 
 
 class DQN(RLAgent):
