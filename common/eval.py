@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from common import console, signals
 from common.callbacks import RunNotes
-from common.data import DataModule, DataSpec
+from common.data import DataSpec
 from common.entry import entry
 from common.errors import UserError
 from common.instantiate import (
@@ -64,7 +64,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     save_run_files(cfg, cfg.paths.output_dir)
 
     datamodule = instantiate(cfg.data)
-    if "data_spec" in checkpoint and isinstance(datamodule, DataModule):  # its tokenizer...
+    if "data_spec" in checkpoint:  # its tokenizer, its normalization
         datamodule.adopt(DataSpec.from_dict(checkpoint["data_spec"]))
     model = instantiate_model(cfg.model)
     load_weights(model, checkpoint, changed)  # refuses overrides the weights no longer fit

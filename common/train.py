@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from common import console, signals
 from common.callbacks import ConfigInCheckpoint, RunNotes, StopOnSignal
-from common.data import DataModule, DataSpec
+from common.data import DataSpec
 from common.entry import entry
 from common.errors import UserError
 from common.instantiate import (
@@ -78,9 +78,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     save_run_files(cfg, run_dir)
 
     datamodule = instantiate(cfg.data)
-    # Resuming: the checkpoint's tokenizer, its normalization (a source of files has them; an
-    # environment, say, has none).
-    if saved_spec is not None and isinstance(datamodule, DataModule):
+    if saved_spec is not None:  # resuming: the checkpoint's tokenizer, its normalization
         datamodule.adopt(DataSpec.from_dict(saved_spec))
     model = instantiate_model(cfg.model)
     resolved = OmegaConf.to_container(cfg, resolve=True)

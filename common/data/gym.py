@@ -173,6 +173,10 @@ class GymDataModule(L.LightningDataModule):
         self.seed = seed
         self.train_envs = None
 
+    def adopt(self, spec) -> None:
+        """A checkpoint's data spec (`DataModule.adopt`): an environment derives nothing from
+        its data that a trained agent would need back."""
+
     def _rank_world(self) -> tuple[int, int]:
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
