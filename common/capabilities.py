@@ -75,6 +75,15 @@ def projects_with(capability: type) -> list[str]:
     return [name for name, cls in classes.items() if cls and issubclass(cls, capability)]
 
 
+def require_project(project: str, capability: type, doing: str) -> None:
+    """`require`, before any model is built: a UserError when the class a project's config
+    names lacks `capability` (nothing when the class cannot be read off the files)."""
+    cls = model_class(project)
+    if cls is not None and not issubclass(cls, capability):
+        able = ", ".join(projects_with(capability)) or "none yet"
+        raise UserError(f"project '{project}' cannot {doing}; the projects that can: {able}")
+
+
 def require(model, capability: type, project: str, doing: str) -> None:
     """A UserError unless `model` has `capability`; `doing` says what was asked ("sample
     images"), and the message names the projects that can."""
@@ -97,4 +106,15 @@ class PlaysEpisodes(Protocol):
     def play_episode(self, seed: int) -> tuple[list, float, float]:
         """(frames, return, fps): the episode's frames (H, W, 3) uint8, the sum of its rewards,
         and the frame rate that shows it in real time; the same seed plays the same episode."""
+        ...
+
+
+@runtime_checkable
+class Exports(Protocol):
+    """`make export`: the model as a graph another runtime can run (ONNX, torch.export)."""
+
+    def export_spec(self):
+        """A `common.export.ExportSpec`: the module to trace (eval mode, preprocessing that
+        belongs to the model inside it), example inputs, which dimensions vary, and what the
+        inputs and outputs mean."""
         ...

@@ -10,7 +10,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from common.data.images import Normalizer, read_image
+from common.data.images import Normalizer, per_channel, read_image
 from common.errors import UserError
 from common.module import TemplateModule
 
@@ -113,6 +113,52 @@ class ImageClassifier(FileClassifier):
             raise UserError("this checkpoint holds no data description: train it with this repo")
         pixels = read_image(path, spec.image_size, spec.in_chans)  # uint8 (C, S, S)
         return Normalizer(spec.mean, spec.std)(pixels[None].to(self.device))
+
+    def export_spec(self):
+        """The net behind its normalization: uint8 pixels (B, C, S, S) -> logits (B, K)."""
+        from common.export import ExportSpec, Tensor
+
+        spec = self.data_spec
+        if spec.image_size is None:
+            raise UserError("this checkpoint holds no data description: train it with this repo")
+        c, size = spec.in_chans, spec.image_size
+        module = PixelsToLogits(self.net, spec.mean, spec.std, c).to(self.device).eval()
+        gen = torch.Generator().manual_seed(0)
+
+        def pixels(n: int) -> torch.Tensor:
+            return torch.randint(0, 256, (n, c, size, size), generator=gen, dtype=torch.uint8)
+
+        k = len(spec.class_names) if spec.class_names else None
+        return ExportSpec(
+            module=module,
+            examples=(pixels(2),),
+            inputs=[Tensor("pixels", "uint8", ["batch", c, size, size], "RGB or grey, 0-255")],
+            outputs=[Tensor("logits", "float32", ["batch", k], "softmax gives probabilities")],
+            preprocessing=(
+                f"resize the shorter side to {size} and center-crop to {size}x{size} (as "
+                "`make predict` does); the graph normalizes with the training data's mean "
+                f"{list(spec.mean)} and std {list(spec.std)} itself. No test-time augmentation."
+            ),
+            class_names=spec.class_names,
+            check_inputs=[(pixels(1),), (pixels(7),)],
+        )
+
+
+class PixelsToLogits(nn.Module):
+    """uint8 images (B, C, S, S) -> logits (B, K): the normalization the net was trained behind,
+    then the net. Exported whole, so that a caller sends pixels and cannot get the checkpoint's
+    mean and std wrong."""
+
+    def __init__(self, net: nn.Module, mean, std, in_chans: int):
+        super().__init__()
+        self.net = net
+        mean = torch.tensor(per_channel(mean, in_chans)).view(1, -1, 1, 1)
+        std = torch.tensor(per_channel(std, in_chans)).view(1, -1, 1, 1)
+        self.register_buffer("scale", 1 / (255 * std))
+        self.register_buffer("shift", -mean / std)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.addcmul(self.shift, pixels.float(), self.scale))
 
 
 def top_classes(what, probs: torch.Tensor, class_names: list[str] | None, k: int = 5) -> str:

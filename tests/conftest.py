@@ -120,6 +120,7 @@ TIERS = {
     "test_graph_learning": "learning",
     "test_kws_learning": "learning",
     "test_rl_learning": "learning",
+    "test_export": "process",
     "test_process": "process",
     "test_reliability": "process",
     "test_predict": "process",
