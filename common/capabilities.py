@@ -118,3 +118,23 @@ class Exports(Protocol):
         belongs to the model inside it), example inputs, which dimensions vary, and what the
         inputs and outputs mean."""
         ...
+
+
+@runtime_checkable
+class Serves(Protocol):
+    """`make serve`: answer POST /predict requests with the exported graph (or the model), in
+    batches. The graph is the `Exports` one; these two methods are what surrounds it."""
+
+    def export_spec(self):
+        """As `Exports`; its `request` says what a request holds: "image", "audio", "text"."""
+        ...
+
+    def read_request(self, request) -> tuple[tuple, object]:
+        """One request (the path of an uploaded file, or a text) -> (the graph's inputs for it,
+        without the batch dimension; a context `answer` needs, e.g. the image's own size).
+        Input it cannot use is a UserError, which the server answers with a 4xx."""
+        ...
+
+    def answer(self, outputs: tuple, context) -> dict:
+        """One request's graph outputs (without the batch dimension) -> its JSON answer."""
+        ...

@@ -10,7 +10,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from common.data.images import Normalizer, per_channel, read_image
+from common.data.images import NormalizedNet, Normalizer, read_image
 from common.errors import UserError
 from common.module import TemplateModule
 
@@ -22,6 +22,8 @@ class Classifier(TemplateModule):
     torchmetrics objects: they sum over batches and processes, so epoch values under DDP equal
     the single-process ones exactly. Projects subclass it to add figures or model tweaks.
     """
+
+    top_k = 5  # the classes `make predict` and `make serve` answer with
 
     def __init__(
         self,
@@ -75,6 +77,10 @@ class Classifier(TemplateModule):
     def validation_step(self, batch, batch_idx):
         self.evaluate(batch, "val")
 
+    def answer(self, outputs: tuple[torch.Tensor, ...], context=None) -> dict:
+        """One input's logits (K,) -> {"classes": the `top_k` [{name, probability}], best first}."""
+        return {"classes": class_probabilities(outputs[0], self.data_spec.class_names, self.top_k)}
+
     def test_step(self, batch, batch_idx):
         self.evaluate(batch, "test")
 
@@ -82,8 +88,6 @@ class Classifier(TemplateModule):
 class FileClassifier(Classifier):
     """A `Classifier` that can `make predict input=<file>`: the file made into one input as the
     training data was (`read_input`, the subclass's), then the `top_k` classes."""
-
-    top_k = 5
 
     def output_path(self, path: Path, output: Path | None = None) -> None:
         """None: a classifier prints its answer and writes no file."""
@@ -122,43 +126,34 @@ class ImageClassifier(FileClassifier):
         if spec.image_size is None:
             raise UserError("this checkpoint holds no data description: train it with this repo")
         c, size = spec.in_chans, spec.image_size
-        module = PixelsToLogits(self.net, spec.mean, spec.std, c).to(self.device).eval()
+        module = NormalizedNet(self.net, spec.mean, spec.std, c).to(self.device).eval()
         gen = torch.Generator().manual_seed(0)
-
-        def pixels(n: int) -> torch.Tensor:
-            return torch.randint(0, 256, (n, c, size, size), generator=gen, dtype=torch.uint8)
-
+        pixels = torch.randint(0, 256, (2, c, size, size), generator=gen, dtype=torch.uint8)
         k = len(spec.class_names) if spec.class_names else None
         return ExportSpec(
             module=module,
-            examples=(pixels(2),),
+            examples=(pixels,),
             inputs=[Tensor("pixels", "uint8", ["batch", c, size, size], "RGB or grey, 0-255")],
             outputs=[Tensor("logits", "float32", ["batch", k], "softmax gives probabilities")],
             preprocessing=(
-                f"resize the shorter side to {size} and center-crop to {size}x{size} (as "
-                "`make predict` does); the graph normalizes with the training data's mean "
-                f"{list(spec.mean)} and std {list(spec.std)} itself. No test-time augmentation."
+                f"decode the image, resize its shorter side to {size} and center-crop "
+                f"{size}x{size} (as `make predict` does), {'grey' if c == 1 else 'RGB'}; the "
+                f"graph normalizes with the training data's mean {list(spec.mean)} and std "
+                f"{list(spec.std)} itself. No test-time augmentation."
             ),
             class_names=spec.class_names,
-            check_inputs=[(pixels(1),), (pixels(7),)],
+            request="image",
         )
 
+    def export_inputs(self, batch) -> tuple[torch.Tensor]:
+        """A raw validation batch (uint8 images, labels) -> the exported graph's inputs."""
+        images = batch[0]
+        return (images[:, None] if images.ndim == 3 else images,)  # (B, C, S, S)
 
-class PixelsToLogits(nn.Module):
-    """uint8 images (B, C, S, S) -> logits (B, K): the normalization the net was trained behind,
-    then the net. Exported whole, so that a caller sends pixels and cannot get the checkpoint's
-    mean and std wrong."""
-
-    def __init__(self, net: nn.Module, mean, std, in_chans: int):
-        super().__init__()
-        self.net = net
-        mean = torch.tensor(per_channel(mean, in_chans)).view(1, -1, 1, 1)
-        std = torch.tensor(per_channel(std, in_chans)).view(1, -1, 1, 1)
-        self.register_buffer("scale", 1 / (255 * std))
-        self.register_buffer("shift", -mean / std)
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.addcmul(self.shift, pixels.float(), self.scale))
+    def read_request(self, path: Path) -> tuple[tuple[torch.Tensor], None]:
+        """One uploaded image -> the graph's inputs for it, uint8 (C, S, S)."""
+        spec = self.data_spec
+        return (read_image(path, spec.image_size, spec.in_chans),), None
 
 
 def top_classes(what, probs: torch.Tensor, class_names: list[str] | None, k: int = 5) -> str:
@@ -172,3 +167,14 @@ def top_classes(what, probs: torch.Tensor, class_names: list[str] | None, k: int
         for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
     ]
     return "\n".join([f"{what}: top {len(lines)} of {len(probs)} classes", *lines])
+
+
+def class_probabilities(logits: torch.Tensor, class_names: list[str] | None, k: int) -> list[dict]:
+    """Logits (K,) -> the k most probable classes [{"name", "probability"}], best first."""
+    probs = logits.float().softmax(dim=0)
+    names = class_names or [str(i) for i in range(len(probs))]
+    top = probs.topk(min(k, len(probs)))
+    return [
+        {"name": names[i], "probability": round(p, 6)}
+        for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
+    ]

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import TensorDataset
 
 from common.data.base import DataModule, Splits
@@ -109,6 +110,23 @@ class Normalizer:
             self._constants[c, device] = (1 / (255 * std), -mean / std)
         scale, shift = self._constants[c, device]
         return torch.addcmul(shift, images.float(), scale)
+
+
+class NormalizedNet(nn.Module):
+    """uint8 images (B, C, S, S) -> net(normalized images): the normalization a net was trained
+    behind, as a module, so that an exported graph takes pixels and a caller cannot get the
+    checkpoint's mean and std wrong."""
+
+    def __init__(self, net: nn.Module, mean, std, in_chans: int):
+        super().__init__()
+        self.net = net
+        mean = torch.tensor(per_channel(mean, in_chans)).view(1, -1, 1, 1)
+        std = torch.tensor(per_channel(std, in_chans)).view(1, -1, 1, 1)
+        self.register_buffer("scale", 1 / (255 * std))
+        self.register_buffer("shift", -mean / std)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.addcmul(self.shift, pixels.float(), self.scale))
 
 
 def channel_stats(*image_sets: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -200,6 +200,17 @@ def postprocess(
     class-aware, so a rider and their horse do not suppress each other. The low default
     threshold keeps the low-confidence detections that mAP's precision-recall curve needs.
     """
+    boxes, scores, labels = candidates(outputs, stride)
+    return [
+        nms(*image, score_threshold, iou_threshold, max_detections)
+        for image in zip(boxes, scores, labels, strict=True)
+    ]
+
+
+def candidates(outputs: torch.Tensor, stride: int) -> tuple[torch.Tensor, ...]:
+    """Raw outputs (B, H, W, 1 + C + 4) -> every cell's box (B, HW, 4) xyxy pixels clipped to
+    the image, score (B, HW) and best class (B, HW) int64: `postprocess` before its NMS, fixed
+    shapes throughout (what `make export` puts in the graph)."""
     outputs = outputs.float()
     B, H, W, D = outputs.shape
     num_classes = D - 5
@@ -208,18 +219,25 @@ def postprocess(
     scores = out[..., 0].sigmoid() * cls_prob  # (B, HW)
     centers = cell_centers(H, W, stride, outputs.device)  # (HW, 2), broadcast over B
     boxes = decode(out[..., 1 + num_classes :], centers, stride)  # (B, HW, 4)
-    boxes = ops.clip_boxes_to_image(boxes, (H * stride, W * stride))
+    size = torch.tensor([W, H, W, H], device=boxes.device) * stride  # x1 y1 x2 y2 limits
+    boxes = torch.minimum(boxes.clamp(min=0), size)  # clipped to the image
+    return boxes, scores, labels
 
-    results = []
-    for b in range(B):
-        keep = scores[b] > score_threshold
-        img_boxes, img_scores, img_labels = boxes[b][keep], scores[b][keep], labels[b][keep]
-        keep = ops.batched_nms(img_boxes, img_scores, img_labels, iou_threshold)  # best first
-        keep = keep[:max_detections]
-        results.append(
-            {"boxes": img_boxes[keep], "scores": img_scores[keep], "labels": img_labels[keep]}
-        )
-    return results
+
+def nms(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    labels: torch.Tensor,
+    score_threshold: float = 0.05,
+    iou_threshold: float = 0.5,
+    max_detections: int = 100,
+) -> dict[str, torch.Tensor]:
+    """One image's candidates (N, 4), (N,), (N,) -> {"boxes", "scores", "labels"} kept by a
+    class-aware NMS, best first, at most max_detections."""
+    keep = scores > score_threshold
+    boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+    keep = ops.batched_nms(boxes, scores, labels, iou_threshold)[:max_detections]  # best first
+    return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
 
 
 def perfect_outputs(

@@ -10,11 +10,11 @@ from torchmetrics import MeanMetric
 from torchmetrics.detection import MeanAveragePrecision
 from torchvision.utils import draw_bounding_boxes, make_grid
 
-from common.data.images import Normalizer, open_image
+from common.data.images import NormalizedNet, Normalizer, open_image
 from common.errors import UserError
 from common.figures import log_figure
 from common.module import TemplateModule
-from projects.detection.boxes import detection_loss, postprocess
+from projects.detection.boxes import candidates, detection_loss, nms, postprocess
 
 
 class DetectionModel(TemplateModule):
@@ -146,30 +146,102 @@ class DetectionModel(TemplateModule):
             raise UserError(f"output={output} must end in .png: detection writes a PNG image")
         return output
 
-    def predict_file(self, path: Path, output: Path | None = None) -> str:
-        """Detect objects in one image file: write `<name>_pred.png` beside it (or `output`) with
-        the boxes drawn at the image's own size; return one line per box."""
-        from PIL import Image
-
+    def read_pixels(self, path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+        """An image file -> (its pixels uint8 (3, H, W), resized uint8 (3, S, S)): resized to
+        S x S, the aspect ratio not kept, as the training images were."""
         spec = self.data_spec
         if spec.image_size is None:
             raise UserError("this checkpoint holds no data description: train it with this repo")
-        output = self.output_path(path, output)
         try:
             with open_image(path) as opened:  # a file over MAX_PIXELS is refused
                 original = opened.convert("RGB")
         except (OSError, SyntaxError) as err:  # no image, or a broken one (PIL says which)
             raise UserError(f"cannot read the image {path}: {err}") from err
-        width, height = original.size
-        size = spec.image_size
         pixels = torch.from_numpy(np.array(original)).permute(2, 0, 1)  # (3, H, W) uint8
-        # Resized to S x S, the aspect ratio not kept: as the training images were.
+        size = spec.image_size
         resized = F.interpolate(pixels[None].float(), size=(size, size), mode="bilinear")
-        resized = resized.round().clamp(0, 255).to(self.device)  # (1, 3, S, S)
-        images = Normalizer(spec.mean, spec.std)(resized)
+        return pixels, resized[0].round().clamp(0, 255).to(torch.uint8)
+
+    def to_image(self, prediction: dict, width: int, height: int) -> dict:
+        """Boxes in the S x S input's pixels -> the original image's."""
+        size = self.data_spec.image_size
+        scale = torch.tensor([width / size, height / size] * 2, device=prediction["boxes"].device)
+        return {**prediction, "boxes": prediction["boxes"] * scale}
+
+    def export_spec(self):
+        """uint8 pixels (B, 3, S, S) -> every grid cell's box, score and class, before NMS."""
+        from common.export import ExportSpec, Tensor
+
+        spec = self.data_spec
+        if spec.image_size is None:
+            raise UserError("this checkpoint holds no data description: train it with this repo")
+        size = spec.image_size
+        cells = (size // self.net.stride) ** 2
+        gen = torch.Generator().manual_seed(0)
+        pixels = torch.randint(0, 256, (2, 3, size, size), generator=gen, dtype=torch.uint8)
+        module = PixelsToCandidates(self.net, spec.mean, spec.std).to(self.device).eval()
+        return ExportSpec(
+            module=module,
+            examples=(pixels,),
+            inputs=[Tensor("pixels", "uint8", ["batch", 3, size, size], "RGB, 0-255")],
+            outputs=[
+                Tensor(
+                    "boxes", "float32", ["batch", cells, 4], "x1 y1 x2 y2 in the input's pixels"
+                ),
+                Tensor("scores", "float32", ["batch", cells], "P(object) x P(its best class)"),
+                Tensor("labels", "int64", ["batch", cells], "the best class of each box"),
+            ],
+            preprocessing=(
+                f"decode the image as RGB and resize it to {size}x{size} (aspect ratio not "
+                f"kept, bilinear), as in training; the graph normalizes with the mean "
+                f"{list(spec.mean)} and std {list(spec.std)} itself. Out of the graph: one "
+                f"candidate per grid cell; keep scores > {self.nms['score_threshold']}, then a "
+                f"class-aware NMS at IoU {self.nms['iou_threshold']} "
+                "(torchvision.ops.batched_nms), and scale the boxes by (width / "
+                f"{size}, height / {size}) to the original image."
+            ),
+            class_names=self.class_names,
+            request="image",
+        )
+
+    def export_inputs(self, batch) -> tuple[torch.Tensor]:
+        return (batch[0],)  # uint8 (B, 3, S, S)
+
+    def read_request(self, path: Path) -> tuple[tuple[torch.Tensor], tuple[int, int]]:
+        pixels, resized = self.read_pixels(path)
+        return (resized,), (pixels.shape[2], pixels.shape[1])  # context: (width, height)
+
+    def answer(self, outputs: tuple[torch.Tensor, ...], context: tuple[int, int]) -> dict:
+        """One image's candidates -> {"width", "height", "objects": [{"class", "score",
+        "box"}]}: NMS as in `make predict`, boxes in the image's own pixels."""
+        width, height = context
+        prediction = self.to_image(nms(*outputs, **self.nms), width, height)
+        keep = prediction["scores"] >= self.show_threshold
+        objects = [
+            {
+                "class": self.class_names[int(c)],
+                "score": round(s, 4),
+                "box": [round(v, 1) for v in box],
+            }
+            for box, s, c in zip(
+                prediction["boxes"][keep].tolist(),
+                prediction["scores"][keep].tolist(),
+                prediction["labels"][keep].tolist(),
+                strict=True,
+            )
+        ]
+        return {"width": width, "height": height, "objects": objects}
+
+    def predict_file(self, path: Path, output: Path | None = None) -> str:
+        """Detect objects in one image file: write `<name>_pred.png` beside it (or `output`) with
+        the boxes drawn at the image's own size; return one line per box."""
+        from PIL import Image
+
+        output = self.output_path(path, output)
+        pixels, resized = self.read_pixels(path)
+        images = Normalizer(self.data_spec.mean, self.data_spec.std)(resized[None].to(self.device))
         prediction = self.predict(self(images))[0]
-        scale = torch.tensor([width / size, height / size] * 2, device=self.device)
-        prediction["boxes"] = prediction["boxes"] * scale  # back to the file's pixels
+        prediction = self.to_image(prediction, pixels.shape[2], pixels.shape[1])
         drawn = self.draw(pixels, prediction)
         Image.fromarray(drawn.permute(1, 2, 0).numpy()).save(output)
         keep = prediction["scores"] >= self.show_threshold
@@ -184,3 +256,17 @@ class DetectionModel(TemplateModule):
         ]
         header = f"{len(lines)} objects (score >= {self.show_threshold}), boxes x1 y1 x2 y2:"
         return "\n".join([header, *lines, f"wrote {output}"])
+
+
+class PixelsToCandidates(nn.Module):
+    """uint8 images (B, 3, S, S) -> the detector's candidates, one per grid cell: boxes
+    (B, N, 4), scores (B, N), labels (B, N). Normalization and box decoding are inside, so a
+    caller sends pixels and gets pixels back; NMS is left out (its output size depends on the
+    data, and every runtime has its own)."""
+
+    def __init__(self, net: nn.Module, mean, std):
+        super().__init__()
+        self.normalized, self.stride = NormalizedNet(net, mean, std, 3), net.stride
+
+    def forward(self, pixels: torch.Tensor):
+        return candidates(self.normalized(pixels), self.stride)

@@ -14,6 +14,11 @@ from common.figures import log_image_grid
 from common.module import TemplateModule
 
 
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """The generator's tanh range [-1, 1] -> [0, 1]."""
+    return (images + 1) / 2
+
+
 class GAN(TemplateModule):
     """The adversarial game of a `Generator` G and a `Discriminator` D on images in [-1, 1].
 
@@ -141,8 +146,20 @@ class GAN(TemplateModule):
         self.evaluate(batch, batch_idx, "test")
 
     def on_validation_epoch_end(self):
-        log_image_grid(self, "val/samples", (self.generator(self.fixed_noise) + 1) / 2)
+        log_image_grid(self, "val/samples", to_unit(self.generator(self.fixed_noise)))
+
+    def export_spec(self):
+        """The generator: noise z (B, latent_dim) -> images (B, C, H, W) in [0, 1]."""
+        from common.export import generator_spec
+
+        return generator_spec(
+            self,
+            "generator",
+            to_unit,
+            self.latent_dim,
+            "the generator's tanh output is mapped to [0, 1] inside the graph",
+        )
 
     def sample_images(self, n: int, seed: int = 0) -> torch.Tensor:
         """n images from N(0, I) noise, values in [0, 1], (n, C, H, W) (`make sample`)."""
-        return (self.generator(self.noise(n, seed)) + 1) / 2
+        return to_unit(self.generator(self.noise(n, seed)))

@@ -18,7 +18,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from common.classifier import FileClassifier
 from common.errors import UserError
 from common.figures import confusion_matrix_figure, log_figure_file
-from projects.kws.audio import fit_length, read_audio
+from projects.kws.audio import INT16_SCALE, fit_length, read_audio
 from projects.kws.nets import LogMel, MelDB
 
 
@@ -176,3 +176,36 @@ class KeywordSpotter(FileClassifier):
             raise UserError("this checkpoint holds no data description: train it with this repo")
         wave = fit_length(read_audio(path, spec.sample_rate), spec.num_samples)
         return wave[None].to(self.device)
+
+    def export_spec(self):
+        """The net, front end included: waveforms (B, T) -> logits (B, K)."""
+        from common.export import ExportSpec, Tensor
+
+        spec = self.data_spec
+        if spec.sample_rate is None:
+            raise UserError("this checkpoint holds no data description: train it with this repo")
+        rate, t = spec.sample_rate, spec.num_samples
+        waves = 0.1 * torch.randn(2, t, generator=torch.Generator().manual_seed(0))
+        k = len(spec.class_names) if spec.class_names else None
+        return ExportSpec(
+            module=self.net,
+            examples=(waves,),
+            inputs=[Tensor("waves", "float32", ["batch", t], f"mono, {rate} Hz, in [-1, 1]")],
+            outputs=[Tensor("logits", "float32", ["batch", k], "softmax gives probabilities")],
+            preprocessing=(
+                f"decode the audio, mix it to mono, resample it to {rate} Hz and fit it to {t} "
+                "samples (shorter: padded with silence on both sides; longer: its loudest "
+                f"window of {t}), as `make predict` does; the graph computes the features "
+                "(log-mel spectrogram, or none for a raw-waveform net) itself"
+            ),
+            class_names=spec.class_names,
+            request="audio",
+        )
+
+    def export_inputs(self, batch) -> tuple[torch.Tensor]:
+        return (batch[0].float() / INT16_SCALE,)  # int16 (B, T) -> [-1, 1)
+
+    def read_request(self, path: Path) -> tuple[tuple[torch.Tensor], None]:
+        """One uploaded clip -> the graph's input for it, (T,)."""
+        spec = self.data_spec
+        return (fit_length(read_audio(path, spec.sample_rate), spec.num_samples),), None

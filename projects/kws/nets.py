@@ -48,7 +48,9 @@ class MelDB(nn.Module):
         self.to_db = torchaudio.transforms.AmplitudeToDB("power", top_db=top_db)
 
     def forward(self, waves: torch.Tensor) -> torch.Tensor:
-        if waves.device.type == "cpu" and len(waves) > CPU_CHUNK:
+        # Not while torch.export traces: the chunking would fix the batch size into the graph.
+        chunk = waves.device.type == "cpu" and not torch.compiler.is_exporting()
+        if chunk and len(waves) > CPU_CHUNK:
             return torch.cat([self(chunk) for chunk in waves.split(CPU_CHUNK)])
         # float32 even under mixed precision (trainer=gpu): autocast would run the mel filter
         # bank's matmul in bf16 and round the energies before the logarithm.

@@ -52,8 +52,9 @@ class BagEncoder(nn.Module):
         # fastText's init: small uniform rows, so the initial mean is near zero whatever its size.
         nn.init.uniform_(self.embed.weight, -1.0 / embed_dim, 1.0 / embed_dim)
 
-    def forward(self, tokens, lengths):  # (B, T), (B,) -> (B, D)
-        B, T = tokens.shape
+    def features(self, tokens, lengths):  # (B, T), (B,) -> ids (B, F), keep (B, F) bool
+        """Each text's feature ids (its tokens, then its bigrams) and which of them are real."""
+        T = tokens.shape[1]
         ids, keep = tokens, padding_mask(lengths, T)  # (B, T)
         if self.bigrams and T > 1:
             a, b = tokens[:, :-1], tokens[:, 1:]  # (B, T-1): the pairs (t_i, t_{i+1})
@@ -61,10 +62,31 @@ class BagEncoder(nn.Module):
             ids = torch.cat([ids, hashed], dim=1)  # (B, 2T-1)
             # A pair is real when its second token is: i + 1 < length.
             keep = torch.cat([keep, keep[:, 1:]], dim=1)
+        return ids, keep
+
+    def forward(self, tokens, lengths):  # (B, T), (B,) -> (B, D)
+        ids, keep = self.features(tokens, lengths)
         counts = keep.sum(dim=1)  # (B,) features per text
         offsets = counts.cumsum(0) - counts  # (B,) where each text's bag starts
         # Boolean indexing reads row by row, so each text's features stay together in order.
         return self.embed(ids[keep], offsets)  # (sum of counts,) -> (B, D)
+
+    def exportable(self) -> nn.Module:
+        return DenseBag(self)
+
+
+class DenseBag(nn.Module):
+    """BagEncoder's mean as a masked sum over the padded (B, F) features: the same function,
+    with fixed shapes instead of `ids[keep]`'s data-dependent one, so torch.export traces it."""
+
+    def __init__(self, bag: BagEncoder):
+        super().__init__()
+        self.bag = bag
+
+    def forward(self, tokens, lengths):  # (B, T), (B,) -> (B, D)
+        ids, keep = self.bag.features(tokens, lengths)  # (B, F)
+        rows = self.bag.embed.weight[ids] * keep[..., None]  # (B, F, D), the padding zeroed
+        return rows.sum(dim=1) / keep.sum(dim=1, keepdim=True)
 
 
 class RNNEncoder(nn.Module):
@@ -117,6 +139,65 @@ class RNNEncoder(nn.Module):
         dirs = 2 if self.rnn.bidirectional else 1
         # The last layer's final states: forward after the last real token, backward after [CLS].
         return torch.cat(list(h[-dirs:]), dim=-1)  # (B, dirs * H)
+
+    def exportable(self) -> nn.Module:
+        return UnpackedRNN(self)
+
+
+def reverse_within(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """(B, T, D) -> each sequence's first `length` steps in reverse order, the padding after them
+    left in place; its own inverse."""
+    t = torch.arange(x.shape[1], device=x.device)  # (T,)
+    ends = lengths[:, None] - 1  # (B, 1)
+    index = torch.where(t < lengths[:, None], ends - t, t)  # (B, T)
+    return x.gather(1, index[..., None].expand_as(x))
+
+
+class UnpackedRNN(nn.Module):
+    """RNNEncoder's function without packing, for torch.export (`pack_padded_sequence` does not
+    trace): each direction of each layer becomes a one-way RNN holding its weights; the backward
+    one reads every text reversed within its length (`reverse_within`), so it too starts at the
+    last real token, and the final states are read at each text's last real step. The padding
+    sits after the real steps of both, where a one-way RNN never looks back at it.
+
+    torch.export decomposes the RNN into one step per position, which fixes the length of the
+    traced graph: it takes texts padded to one length (`fixed_length`), the tokenizer's longest.
+    """
+
+    fixed_length = True
+
+    def __init__(self, encoder: RNNEncoder):
+        super().__init__()
+        rnn = encoder.rnn
+        self.embed, self.cell = encoder.embed, encoder.cell
+        suffixes = ["", "_reverse"] if rnn.bidirectional else [""]
+        self.layers = nn.ModuleList()
+        size = rnn.input_size
+        for layer in range(rnn.num_layers):
+            directions = nn.ModuleList()
+            for suffix in suffixes:
+                one = type(rnn)(size, rnn.hidden_size, batch_first=True)
+                one.load_state_dict(
+                    {
+                        f"{w}_l0": getattr(rnn, f"{w}_l{layer}{suffix}")
+                        for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+                    }
+                )
+                directions.append(one)
+            self.layers.append(directions)
+            size = rnn.hidden_size * len(suffixes)
+
+    def forward(self, tokens, lengths):  # (B, T), (B,) -> (B, dirs * H)
+        x = self.embed(tokens)  # (B, T, E); dropout is off in eval mode
+        last = (lengths - 1)[:, None, None]  # (B, 1, 1): each text's last real step
+        for directions in self.layers:
+            steps, finals = [], []
+            for d, rnn in enumerate(directions):
+                out, _ = rnn(x if d == 0 else reverse_within(x, lengths))  # (B, T, H)
+                finals.append(out.gather(1, last.expand(-1, 1, out.shape[2]))[:, 0])  # (B, H)
+                steps.append(out if d == 0 else reverse_within(out, lengths))
+            x = torch.cat(steps, dim=-1)  # (B, T, dirs * H): the next layer's input
+        return torch.cat(finals, dim=-1)
 
 
 class TransformerEncoder(nn.Module):
@@ -178,3 +259,20 @@ class SentimentNet(nn.Module):
 
     def forward(self, tokens, lengths):  # (B, T), (B,) -> (B, num_classes)
         return self.head(self.drop(self.encoder(tokens, lengths)))
+
+    def exportable(self) -> nn.Module:
+        """The same function in a form torch.export traces (eval mode only): an encoder that
+        packs or bags by data-dependent shapes is swapped for its fixed-shape twin."""
+        encoder = self.encoder
+        if hasattr(encoder, "exportable"):
+            encoder = encoder.exportable()
+        return ExportableNet(encoder, self.head)
+
+
+class ExportableNet(nn.Module):
+    def __init__(self, encoder: nn.Module, head: nn.Module):
+        super().__init__()
+        self.encoder, self.head = encoder, head
+
+    def forward(self, tokens, lengths):  # (B, T), (B,) -> (B, num_classes)
+        return self.head(self.encoder(tokens, lengths))

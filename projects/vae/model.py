@@ -144,6 +144,18 @@ class VAE(TemplateModule):
         t = torch.linspace(0, 1, self.interpolation_steps, device=mu.device)[:, None]  # (T, 1)
         return self.decode_mean((1 - t) * mu[0] + t * mu[1])  # (T, Z) -> (T, C, H, W)
 
+    def export_spec(self):
+        """The decoder: latent codes z (B, latent_dim) -> its mean images (B, C, H, W) in [0, 1]."""
+        from common.export import generator_spec
+
+        return generator_spec(
+            self.net,
+            "decode",
+            torch.sigmoid,
+            self.net.latent_dim,
+            "the decoder's logits go through a sigmoid inside the graph",
+        )
+
     def sample_images(self, n: int, seed: int = 0) -> torch.Tensor:
         """n images decoded from z ~ N(0, I), values in [0, 1], (n, C, H, W) (`make sample`)."""
         gen = torch.Generator(self.device).manual_seed(seed)
