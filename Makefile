@@ -24,7 +24,7 @@ export MALLOC_MMAP_THRESHOLD_ ?= 33554432
 export MALLOC_TRIM_THRESHOLD_ ?= 17179869184
 export MALLOC_TOP_PAD_ ?= 268435456
 
-FIXED := help install new test test-all bench bench-ddp lint format list tensorboard clean
+FIXED := help install new test test-all bench bench-ddp bench-serve lint format list tensorboard clean
 VERBS := $(filter-out $(FIXED),$(foreach v,$(basename $(notdir $(wildcard configs/*.yaml))),$(if $(wildcard common/$(v).py),$(v))))
 
 .DEFAULT_GOAL := help
@@ -68,6 +68,9 @@ bench: $(PY) ## Benchmarks: make-train stack vs plain loop (ARGS go to it), tens
 	$(PY) -m benchmarks.loaders
 	$(PY) -m benchmarks.audio
 	$(PY) -m benchmarks.rl
+
+bench-serve: $(PY) ## Load test of make serve on 127.0.0.1: req/s, p50/p95/p99 ms, errors; torch vs onnx, batching off and on
+	$(PY) -m benchmarks.serve $(ARGS)
 
 bench-ddp: $(PY) ## DDP scaling: samples/s with 1 and 2 processes, and the efficiency
 	$(PY) -m benchmarks.ddp $(ARGS)

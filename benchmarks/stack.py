@@ -74,11 +74,11 @@ def bench_config(
     return compose_config(out, overrides)
 
 
-def compose_config(out: Path, overrides: list[str]):
-    """The resolved `make train` config of `overrides`, writing under `out`."""
+def compose_config(out: Path, overrides: list[str], config_name: str = "train"):
+    """The resolved `make <config_name>` config of `overrides`, writing under `out`."""
     register_resolvers()
     with initialize_config_dir(str(REPO_ROOT / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
         cfg.paths.output_dir = str(out)
