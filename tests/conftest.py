@@ -69,6 +69,41 @@ def config(tmp_path):
     return lambda *overrides, name="train": make_config(tmp_path, overrides, name)
 
 
+# Runs of each project with an inference path small enough to train a few steps in seconds, on
+# synthetic data: what the export and serve tests load.
+TINY = {
+    "mnist": ["data.synthetic=true"],
+    "cifar10": ["data.synthetic=true", "data.synthetic_size=[256,64]", "data.val_size=32"],
+    "vit": ["data.synthetic=true", "data.synthetic_size=[256,64]", "data.val_size=32"],
+    "detection": ["data.synthetic_size=[64,16]", "data.val_size=16", "data.image_size=64"],
+    "sentiment": ["data.synthetic_size=[256,64]", "data.val_size=32"],
+    "kws": ["data.synthetic=true", "data.synthetic_size=[64,32]"],
+    "gan": [
+        "data.synthetic=true",
+        "data.image_size=16",
+        "data.synthetic_size=[256,64]",
+        "data.val_size=32",
+    ],
+    "vae": ["data.synthetic=true", "data.synthetic_size=[256,64]", "data.val_size=32"],
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """project -> the last.ckpt of a few training steps of its `TINY` run, trained on first use
+    and shared by the whole session."""
+    made: dict[str, Path] = {}
+
+    def get(project: str) -> Path:
+        if project not in made:
+            tmp = tmp_path_factory.mktemp(f"tiny-{project}")
+            overrides = [f"project={project}", "logger=csv", "data.batch_size=16", *TINY[project]]
+            made[project] = train_once(tmp, [*overrides, *FEW_STEPS])[0]
+        return made[project]
+
+    return get
+
+
 def offline(cfg: DictConfig) -> DictConfig:
     """`cfg` with data.synthetic=true where the data has a synthetic stand-in (sources that are
     synthetic already, such as data=shapes, have no such key)."""
@@ -121,6 +156,7 @@ TIERS = {
     "test_kws_learning": "learning",
     "test_rl_learning": "learning",
     "test_export": "process",
+    "test_serve": "process",
     "test_process": "process",
     "test_reliability": "process",
     "test_predict": "process",

@@ -3,7 +3,6 @@ checked against the model at export time (on its own validation data and on othe
 and text lengths), reloaded, and described beside the file."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,39 +13,7 @@ from common.errors import UserError
 from common.export import LOADERS, edge_missing, export
 from common.predict import load_trained
 from projects.sentiment.nets import BagEncoder, RNNEncoder, SentimentNet, TransformerEncoder
-from tests.conftest import FEW_STEPS, make_config, train_once
-
-# Small enough to train a few steps in seconds; the data synthetic, offline.
-TINY = {
-    "mnist": ["data.synthetic=true"],
-    "cifar10": ["data.synthetic=true", "data.synthetic_size=[256,64]", "data.val_size=32"],
-    "vit": ["data.synthetic=true", "data.synthetic_size=[256,64]", "data.val_size=32"],
-    "detection": ["data.synthetic_size=[64,16]", "data.val_size=16", "data.image_size=64"],
-    "sentiment": ["data.synthetic_size=[256,64]", "data.val_size=32"],
-    "kws": ["data.synthetic=true", "data.synthetic_size=[64,32]"],
-    "gan": [
-        "data.synthetic=true",
-        "data.image_size=16",
-        "data.synthetic_size=[256,64]",
-        "data.val_size=32",
-    ],
-    "vae": ["data.synthetic=true", "data.synthetic_size=[256,64]", "data.val_size=32"],
-}
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    """project -> the last.ckpt of a few training steps, trained on first use."""
-    made: dict[str, Path] = {}
-
-    def get(project: str) -> Path:
-        if project not in made:
-            tmp = tmp_path_factory.mktemp(project)
-            overrides = [f"project={project}", "logger=csv", "data.batch_size=16", *TINY[project]]
-            made[project] = train_once(tmp, [*overrides, *FEW_STEPS])[0]
-        return made[project]
-
-    return get
+from tests.conftest import TINY, make_config
 
 
 def export_config(tmp_path, project, ckpt, *words):
@@ -59,9 +26,9 @@ def test_every_project_with_an_inference_path_can_be_exported():
 
 
 @pytest.mark.parametrize("project", sorted(TINY))
-def test_export_to_onnx_matches_the_model_at_other_batch_sizes(checkpoints, tmp_path, project):
+def test_export_to_onnx_matches_the_model_at_other_batch_sizes(tiny_checkpoint, tmp_path, project):
     out = tmp_path / f"{project}.onnx"
-    ckpt = checkpoints(project)
+    ckpt = tiny_checkpoint(project)
     path = export(export_config(tmp_path, project, ckpt, f"output={out}", "max_batch=16"))
     assert path == out and out.stat().st_size > 1000
     meta = json.loads(out.with_suffix(".onnx.json").read_text())
@@ -86,9 +53,11 @@ def test_export_to_onnx_matches_the_model_at_other_batch_sizes(checkpoints, tmp_
         np.testing.assert_allclose(theirs.numpy(), ours.numpy(), atol=1e-4)
 
 
-def test_an_image_classifier_takes_pixels_and_says_so(checkpoints, tmp_path, capsys):
+def test_an_image_classifier_takes_pixels_and_says_so(tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "mnist.pt2"
-    export(export_config(tmp_path, "mnist", checkpoints("mnist"), "format=pt2", f"output={out}"))
+    export(
+        export_config(tmp_path, "mnist", tiny_checkpoint("mnist"), "format=pt2", f"output={out}")
+    )
     assert "largest difference from the model" in capsys.readouterr().out
     meta = json.loads(out.with_suffix(".pt2.json").read_text())
     assert meta["inputs"][0] == {
@@ -106,9 +75,9 @@ def test_an_image_classifier_takes_pixels_and_says_so(checkpoints, tmp_path, cap
 
 
 @pytest.mark.parametrize("project", ["sentiment", "detection", "gan"])
-def test_pt2_exports_of_text_detection_and_a_generator_reload(checkpoints, tmp_path, project):
+def test_pt2_exports_of_text_detection_and_a_generator_reload(tiny_checkpoint, tmp_path, project):
     out = tmp_path / f"{project}.pt2"
-    ckpt = checkpoints(project)
+    ckpt = tiny_checkpoint(project)
     export(export_config(tmp_path, project, ckpt, "format=pt2", f"output={out}"))
     meta = json.loads(out.with_suffix(".pt2.json").read_text())
     assert meta["parity"]["max_abs_diff"] <= 1e-4
@@ -154,18 +123,20 @@ def test_each_text_encoder_has_a_traceable_twin_that_computes_the_same(encoder):
         )
 
 
-def test_an_export_that_differs_from_the_model_is_refused_and_not_kept(checkpoints, tmp_path):
+def test_an_export_that_differs_from_the_model_is_refused_and_not_kept(tiny_checkpoint, tmp_path):
     out = tmp_path / "strict.onnx"
     # ONNX Runtime's convolutions sum in another order: ~1e-6 apart, above a zero tolerance.
     with pytest.raises(UserError, match="differs from the model by up to .* not written"):
         export(
-            export_config(tmp_path, "mnist", checkpoints("mnist"), f"output={out}", "tolerance=0")
+            export_config(
+                tmp_path, "mnist", tiny_checkpoint("mnist"), f"output={out}", "tolerance=0"
+            )
         )
     assert not out.exists()
 
 
-def test_a_project_without_an_export_path_and_bad_settings_are_refused(checkpoints, tmp_path):
-    ckpt = checkpoints("mnist")
+def test_a_project_without_an_export_path_and_bad_settings_are_refused(tiny_checkpoint, tmp_path):
+    ckpt = tiny_checkpoint("mnist")
     with pytest.raises(UserError, match="cannot be exported; the projects that can: .*mnist"):
         export(make_config(tmp_path, ["project=linreg", f"ckpt_path={ckpt}"], "export"))
     with pytest.raises(UserError, match="format=tflite is not one of onnx, pt2, executorch"):
@@ -176,9 +147,9 @@ def test_a_project_without_an_export_path_and_bad_settings_are_refused(checkpoin
         export(export_config(tmp_path, "mnist", ckpt, f"output={tmp_path / 'x.pt2'}"))
 
 
-def test_the_parity_check_on_real_data_needs_the_data(checkpoints, tmp_path):
+def test_the_parity_check_on_real_data_needs_the_data(tiny_checkpoint, tmp_path):
     """The checkpoint's data gone: one readable error that names the way round it."""
-    ckpt = checkpoints("mnist")
+    ckpt = tiny_checkpoint("mnist")
     gone = ["data.synthetic=false", f"data.data_dir={tmp_path}", "data.download=false"]
     with pytest.raises(UserError, match="parity_data=false checks on random inputs only"):
         export(export_config(tmp_path, "mnist", ckpt, *gone))
@@ -191,9 +162,9 @@ def test_the_parity_check_on_real_data_needs_the_data(checkpoints, tmp_path):
 
 @pytest.mark.skipif(edge_missing() is not None, reason="ExecuTorch is not installed (.[edge])")
 def test_executorch_export_runs_back_through_its_runtime_at_every_declared_batch(
-    checkpoints, tmp_path
+    tiny_checkpoint, tmp_path
 ):
-    ckpt = checkpoints("mnist")
+    ckpt = tiny_checkpoint("mnist")
     out = tmp_path / "mnist.pte"
     export(export_config(tmp_path, "mnist", ckpt, "format=executorch", f"output={out}"))
     assert json.loads(out.with_suffix(".pte.json").read_text())["max_batch"] == 15
@@ -216,7 +187,7 @@ def test_executorch_export_runs_back_through_its_runtime_at_every_declared_batch
     assert not (tmp_path / "big.pte").exists()
 
 
-def test_without_executorch_its_format_says_how_to_get_it(checkpoints, tmp_path, monkeypatch):
+def test_without_executorch_its_format_says_how_to_get_it(tiny_checkpoint, tmp_path, monkeypatch):
     monkeypatch.setattr("common.export.edge_missing", lambda: "format=executorch needs ExecuTorch")
     with pytest.raises(UserError, match="needs ExecuTorch"):
-        export(export_config(tmp_path, "mnist", checkpoints("mnist"), "format=executorch"))
+        export(export_config(tmp_path, "mnist", tiny_checkpoint("mnist"), "format=executorch"))
