@@ -179,13 +179,16 @@ def as_list(out) -> list[torch.Tensor]:
     return list(out) if isinstance(out, tuple | list) else [out]
 
 
-def load_onnx(path: Path, threads: int = 1):
+def load_onnx(path: Path, threads: int = 1, spin: bool = True):
     """A function running the ONNX file on torch tensors with onnxruntime (CPU); `threads`: its
-    intra-op threads (0: one per core)."""
+    intra-op threads (0: one per core); `spin`: whether idle threads busy-wait for work (the
+    fastest for back-to-back calls, but CPU a server's other threads then lack)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
 
@@ -274,7 +277,8 @@ def real_inputs(cfg: DictConfig, model, spec: ExportSpec, ckpt_path: str, n: int
     data = checkpoint_data(cfg, saved_config(cfg, checkpoint, ckpt_path))
     try:
         datamodule = instantiate(data)
-        datamodule.adopt(DataSpec.from_dict(checkpoint["data_spec"]))
+        if "data_spec" in checkpoint:  # its tokenizer, its normalization
+            datamodule.adopt(DataSpec.from_dict(checkpoint["data_spec"]))
         datamodule.setup("validate")
         batch = next(iter(datamodule.val_dataloader()))
     except UserError as err:
@@ -318,12 +322,20 @@ def export(cfg: DictConfig) -> Path:
         raise UserError(
             f"torch.export could not trace {type(spec.module).__name__}: {first}"
         ) from err
-    if fmt == "onnx":
-        write_onnx(spec, program, path)
-    elif fmt == "pt2":
-        torch.export.save(program, str(path))
-    else:
-        write_executorch(program, path)
+    try:
+        if fmt == "onnx":
+            write_onnx(spec, program, path)
+        elif fmt == "pt2":
+            torch.export.save(program, str(path))
+        else:
+            write_executorch(program, path)
+    except Exception as err:  # an op the format cannot hold: say which, not 200 lines
+        path.unlink(missing_ok=True)
+        lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+        raise UserError(
+            f"{fmt} cannot hold {type(spec.module).__name__}: {type(err).__name__}: "
+            + " ".join(lines[:3])
+        ) from err
     try:
         worst = check_parity(spec, LOADERS[fmt](path), checks)
     except Exception:

@@ -167,7 +167,9 @@ def backend_runner(cfg: DictConfig, spec, ckpt_path: Path):
     """(run: batched inputs -> outputs, on the CPU; the file it runs, if any)."""
     if cfg.backend == "onnx":
         path, _ = onnx_file(cfg, ckpt_path)
-        return load_onnx(path, threads=cfg.threads), path
+        # No spinning: between batches its idle threads would take the cores the event loop
+        # needs to read the next requests.
+        return load_onnx(path, threads=cfg.threads, spin=False), path
     module = spec.eager
     device = next(module.parameters()).device
 
@@ -196,9 +198,12 @@ def check_settings(cfg: DictConfig) -> None:
         value = cfg[key]
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise UserError(f"{key}={value} must be a whole number >= {low}")
-    for key in ("max_wait_ms", "max_body_mb"):
-        if not isinstance(cfg[key], int | float) or isinstance(cfg[key], bool) or cfg[key] < 0:
-            raise UserError(f"{key}={cfg[key]} must be a number >= 0")
+    for key, positive in (("max_wait_ms", False), ("max_body_mb", True)):
+        value = cfg[key]
+        if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+            raise UserError(f"{key}={value} must be a number >= 0")
+        if positive and value == 0:
+            raise UserError(f"{key}=0 would refuse every request: give a size in MB")
 
 
 class Service:
@@ -222,6 +227,10 @@ class Service:
         self.batcher: Batcher | None = None
         self.stopping = False
         self.started = time.time()
+        self.commits = {
+            "trained": trained_commit(self.ckpt_path),
+            "serving": git_state().get("commit"),
+        }
 
     def metadata(self) -> dict:
         import onnxruntime

@@ -10,6 +10,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+from benchmarks.export import TINY
 from common.resolvers import register_resolvers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,29 +70,10 @@ def config(tmp_path):
     return lambda *overrides, name="train": make_config(tmp_path, overrides, name)
 
 
-# Runs of each project with an inference path small enough to train a few steps in seconds, on
-# synthetic data: what the export and serve tests load.
-TINY = {
-    "mnist": ["data.synthetic=true"],
-    "cifar10": ["data.synthetic=true", "data.synthetic_size=[256,64]", "data.val_size=32"],
-    "vit": ["data.synthetic=true", "data.synthetic_size=[256,64]", "data.val_size=32"],
-    "detection": ["data.synthetic_size=[64,16]", "data.val_size=16", "data.image_size=64"],
-    "sentiment": ["data.synthetic_size=[256,64]", "data.val_size=32"],
-    "kws": ["data.synthetic=true", "data.synthetic_size=[64,32]"],
-    "gan": [
-        "data.synthetic=true",
-        "data.image_size=16",
-        "data.synthetic_size=[256,64]",
-        "data.val_size=32",
-    ],
-    "vae": ["data.synthetic=true", "data.synthetic_size=[256,64]", "data.val_size=32"],
-}
-
-
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
-    """project -> the last.ckpt of a few training steps of its `TINY` run, trained on first use
-    and shared by the whole session."""
+    """project -> the last.ckpt of a few training steps of its `TINY` run (benchmarks/export.py,
+    which measures the same runs), trained on first use and shared by the whole session."""
     made: dict[str, Path] = {}
 
     def get(project: str) -> Path:

@@ -47,3 +47,42 @@ def test_rl_benchmark_runs_both_paths():
     result = run(sys.executable, "-m", "benchmarks.rl", *tiny)
     assert result.returncode == 0, result.stderr[-3000:]
     assert re.search(r"ppo\s+1024\s+\d+\s+\d+\s+\d+\.\d+x", result.stdout), result.stdout
+
+
+def test_export_benchmark_exports_and_times_each_project():
+    result = run(sys.executable, "-m", "benchmarks.export", "--projects", "mnist,sentiment")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for project in ("mnist", "sentiment"):
+        onnx = re.search(
+            rf"^{project}\s+onnx\s+(\S+)\s+\S+\s+\S+\s+\S+\s+\S+\s+\S+$", result.stdout, re.M
+        )
+        assert onnx and float(onnx.group(1)) <= 1e-4, result.stdout
+        assert re.search(rf"^{project}\s+pt2\s+", result.stdout, re.M)
+
+
+def test_serve_benchmark_loads_a_server_and_stops_it(tiny_checkpoint):
+    ckpt = tiny_checkpoint("mnist")
+    words = [
+        "--project",
+        "mnist",
+        "--ckpt",
+        str(ckpt),
+        "--seconds",
+        "1",
+        "--clients",
+        "2",
+        "--batch",
+        "4",
+    ]
+    result = run(sys.executable, "-m", "benchmarks.serve", *words)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = re.findall(
+        r"^fastapi\s+(torch|onnx)\s+(\d+)\s+(\d+)\s+.*\s(\d+)\s+\S+$", result.stdout, re.M
+    )
+    assert [(b, int(m)) for b, m, _, _ in rows] == [
+        ("torch", 1),
+        ("torch", 4),
+        ("onnx", 1),
+        ("onnx", 4),
+    ]
+    assert all(int(req) > 0 and int(errors) == 0 for _, _, req, errors in rows)

@@ -13,7 +13,7 @@ from common.errors import UserError
 from common.export import LOADERS, edge_missing, export
 from common.predict import load_trained
 from projects.sentiment.nets import BagEncoder, RNNEncoder, SentimentNet, TransformerEncoder
-from tests.conftest import TINY, make_config
+from tests.conftest import TINY, make_config  # noqa: F401  (TINY: the projects)
 
 
 def export_config(tmp_path, project, ckpt, *words):
@@ -25,7 +25,13 @@ def test_every_project_with_an_inference_path_can_be_exported():
     assert projects_with(Exports) == sorted([*TINY, "ddp"])
 
 
-@pytest.mark.parametrize("project", sorted(TINY))
+# The quick loop exports one project of each kind of graph; `make test-all` every one.
+QUICK = {"mnist", "sentiment", "detection"}
+
+
+@pytest.mark.parametrize(
+    "project", [p if p in QUICK else pytest.param(p, marks=pytest.mark.slow) for p in sorted(TINY)]
+)
 def test_export_to_onnx_matches_the_model_at_other_batch_sizes(tiny_checkpoint, tmp_path, project):
     out = tmp_path / f"{project}.onnx"
     ckpt = tiny_checkpoint(project)
@@ -74,6 +80,7 @@ def test_an_image_classifier_takes_pixels_and_says_so(tiny_checkpoint, tmp_path,
     assert logits.shape == (64, 10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("project", ["sentiment", "detection", "gan"])
 def test_pt2_exports_of_text_detection_and_a_generator_reload(tiny_checkpoint, tmp_path, project):
     out = tmp_path / f"{project}.pt2"

@@ -79,7 +79,7 @@ def test_the_projects_that_can_be_served():
     assert projects_with(Serves) == served
 
 
-@pytest.mark.parametrize("backend", ["onnx", "torch"])
+@pytest.mark.parametrize("backend", ["onnx", pytest.param("torch", marks=pytest.mark.slow)])
 def test_an_uploaded_image_gets_the_models_top_classes(mnist, tmp_path, backend):
     ckpt, onnx = mnist
     served = service(tmp_path, "mnist", ckpt, f"backend={backend}", f"model_file={onnx}")
@@ -265,6 +265,7 @@ def test_a_text_project_takes_json_and_refuses_what_it_cannot_read(tiny_checkpoi
         )
 
 
+@pytest.mark.slow
 def test_detection_answers_boxes_in_the_uploaded_images_own_pixels(tiny_checkpoint, tmp_path):
     ckpt = tiny_checkpoint("detection")
     onnx = exported(tmp_path, "detection", ckpt)
@@ -291,6 +292,7 @@ def test_detection_answers_boxes_in_the_uploaded_images_own_pixels(tiny_checkpoi
         np.testing.assert_allclose([float(v) for v in box], found["box"], atol=0.6)
 
 
+@pytest.mark.slow
 def test_keyword_spotting_takes_an_audio_upload(tiny_checkpoint, tmp_path):
     ckpt = tiny_checkpoint("kws")
     served = service(tmp_path, "kws", ckpt, "backend=torch")
@@ -305,6 +307,7 @@ def test_keyword_spotting_takes_an_audio_upload(tiny_checkpoint, tmp_path):
         assert bad.status_code == 422 and "cannot read the audio file x.wav" in bad.json()["error"]
 
 
+@pytest.mark.slow
 def test_the_onnx_backend_serves_only_its_checkpoints_current_export(
     mnist, tiny_checkpoint, tmp_path
 ):
