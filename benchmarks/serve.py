@@ -105,7 +105,10 @@ async def one_client(port: int, request: bytes, until: float, stats: dict) -> No
             writer.write(request)
             await writer.drain()
             head = await reader.readuntil(b"\r\n\r\n")
-            length = int(re.search(rb"(?i)content-length:\s*(\d+)", head).group(1))
+            found = re.search(rb"(?i)content-length:\s*(\d+)", head)
+            if found is None:  # not an answer this client can frame: count it, reconnect
+                raise OSError("a response without Content-Length")
+            length = int(found.group(1))
             body = await reader.readexactly(length)
             stats["latency"].append(time.perf_counter() - start)
             if head.split(b" ", 2)[1] != b"200":
@@ -137,18 +140,21 @@ def start_server(args, server: str, backend: str, max_batch: int, model_file, po
     words += [f"threads={args.threads}"]
     if model_file is not None:
         words.append(f"model_file={model_file}")
+    log = open(Path(args.tmp, f"server-{port}.log"), "w+")  # noqa: SIM115 (read at the stop)
     server = subprocess.Popen(
         [sys.executable, "-m", SERVERS[server], *words],
         cwd=REPO,
-        stdout=subprocess.PIPE,
+        stdout=log,  # a file, not a pipe: a server that writes a lot never blocks on it
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,  # its own process group: LitServe's workers stop with it
     )
+    server.log = log
     deadline = time.time() + 120
     while time.time() < deadline:
         if server.poll() is not None:
-            raise SystemExit(f"error: the server stopped: {server.stdout.read().strip()}")
+            log.seek(0)
+            raise SystemExit(f"error: the server stopped: {log.read().strip()}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
                 return server
@@ -162,15 +168,16 @@ def stop_server(server) -> str:
     """SIGTERM to the server's process group (a graceful stop), SIGKILL after 60 s; its output."""
     os.killpg(server.pid, signal.SIGTERM)
     try:
-        out, _ = server.communicate(timeout=60)
+        server.wait(timeout=60)
     except subprocess.TimeoutExpired:
         os.killpg(server.pid, signal.SIGKILL)
-        out, _ = server.communicate()
+        server.wait()
     try:  # whatever of the group outlived its leader
         os.killpg(server.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-    return out
+    server.log.seek(0)
+    return server.log.read()
 
 
 def percentile(values: list[float], q: float) -> float:

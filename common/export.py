@@ -36,6 +36,9 @@ FORMATS = {"onnx": ".onnx", "pt2": ".pt2", "executorch": ".pte"}
 # The largest batch a graph takes unless max_batch= says: ExecuTorch 1.5.1's XNNPACK programs
 # with a dynamic batch fail above 15 on convolutions (measured; a linear layer runs to any size).
 DEFAULT_MAX_BATCH = {"onnx": 64, "pt2": 64, "executorch": 15}
+# Integer outputs (a detector's classes, an argmax) must agree but for this fraction: where two
+# classes' scores tie to within float rounding, runtimes may pick either.
+MAX_FLIPPED = 1e-3
 
 
 @dataclass
@@ -116,6 +119,10 @@ class ExportSpec:
             for x in column:
                 # F.pad's (left, right) pairs run from the last dimension back.
                 widths = [w for d in reversed(range(x.ndim)) for w in (0, sizes[d] - x.shape[d])]
+                if widths and min(widths) < 0:  # `check_item` refuses such an item first
+                    raise ValueError(
+                        f"{spec.name} {tuple(x.shape)} is larger than the graph's {sizes}"
+                    )
                 padded.append(
                     torch.nn.functional.pad(x, widths, value=self.pad_values[i])
                     if any(widths)
@@ -123,6 +130,17 @@ class ExportSpec:
                 )
             batch.append(torch.stack(padded))
         return tuple(batch)
+
+    def check_item(self, inputs: tuple[torch.Tensor, ...]) -> None:
+        """A UserError unless one item's inputs (no batch dimension) fit the graph: sizes no
+        larger than its fixed sizes or the limits of the dimensions that vary."""
+        for x, spec in zip(inputs, self.inputs, strict=True):
+            for d, size in enumerate(spec.shape[1:]):
+                high = size if isinstance(size, int) else self.limits.get(size, (1, None))[1]
+                if high is not None and x.shape[d] > high:
+                    raise UserError(
+                        f"{spec.name} has {x.shape[d]} along {size}: the graph takes at most {high}"
+                    )
 
     def batch_of(self, n: int, source: tuple[torch.Tensor, ...] | None = None) -> tuple:
         """Inputs of batch size n made of `source`'s items (the examples by default), cycled."""
@@ -136,7 +154,8 @@ def dim(name: str, low: int, high: int) -> torch.export.Dim:
 
 
 class Generator(nn.Module):
-    """Latent codes (B, Z) -> images (B, C, H, W) in [0, 1]: `decode` (a generator, a decoder)
+    """Latent codes (B, Z) -> images (B, C, H, W) in [0, 1]: `owner.<decode>` (a generator's
+    forward, a VAE net's decode; `owner` the net alone, so that nothing else lands in the file)
     then `to_unit` (the map of its output range onto [0, 1])."""
 
     def __init__(self, owner: nn.Module, decode: str, to_unit):
@@ -263,13 +282,14 @@ def check_parity(spec: ExportSpec, run, inputs: list[tuple]) -> float:
                     )
                 if ours.dtype.is_floating_point:
                     diff = (ours.float().cpu() - theirs.float()).abs().max().item()
-                else:  # labels, counts: exact or wrong
-                    diff = 0.0 if torch.equal(ours.cpu(), theirs) else float("inf")
+                else:  # labels: an argmax may flip where two scores tie to within rounding
+                    flipped = (ours.cpu() != theirs).float().mean().item()
+                    diff = 0.0 if flipped <= MAX_FLIPPED else float("inf")
                 worst = max(worst, diff)
     return worst
 
 
-def real_inputs(cfg: DictConfig, model, spec: ExportSpec, ckpt_path: str, n: int = 8) -> tuple:
+def real_inputs(cfg: DictConfig, model, spec: ExportSpec, ckpt_path: str, n: int) -> tuple:
     """Up to n inputs of the checkpoint's own validation data, as the graph takes them."""
     from common.data import DataSpec
 
@@ -298,6 +318,8 @@ def export(cfg: DictConfig) -> Path:
     max_batch = cfg.max_batch if cfg.max_batch is not None else DEFAULT_MAX_BATCH[fmt]
     if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 2:
         raise UserError(f"max_batch={max_batch} must be a whole number >= 2")
+    if cfg.device != "cpu":
+        raise UserError(f"device={cfg.device}: make export traces on the CPU (device=cpu)")
     require_project(cfg.name, Exports, "be exported")  # before any file is looked at
     if fmt == "executorch" and (why := edge_missing()):
         raise UserError(why)
@@ -306,12 +328,14 @@ def export(cfg: DictConfig) -> Path:
     model = load_trained(cfg, str(ckpt_path), Exports, "be exported")
     spec = model.export_spec()
     spec.module.eval(), spec.eager.eval()
-    checks = [spec.examples, spec.batch_of(1), spec.batch_of(7), spec.batch_of(max_batch)]
+    # Batch sizes up to max_batch only: a .pt2 or .pte program refuses larger ones.
+    sizes = sorted({1, 2, min(7, max_batch), max_batch})
+    checks = [spec.examples, *(spec.batch_of(n) for n in sizes)]
     if spec.resize is not None:  # other lengths too
-        checks += [spec.resize(spec.batch_of(3))]
+        checks += [spec.resize(spec.batch_of(min(3, max_batch)))]
     on_data = cfg.parity_data and hasattr(model, "export_inputs")  # generators: noise is real
     if on_data:
-        checks.append(real_inputs(cfg, model, spec, str(ckpt_path)))
+        checks.append(real_inputs(cfg, model, spec, str(ckpt_path), n=min(8, max_batch)))
     start = time.perf_counter()
     try:
         program = torch.export.export(
@@ -352,7 +376,7 @@ def export(cfg: DictConfig) -> Path:
     meta["parity"] = {
         "max_abs_diff": worst,
         "on": ("the checkpoint's validation data and " if on_data else "")
-        + f"random inputs at batch sizes 1, 2, 7 and {max_batch}",
+        + f"random inputs at batch sizes {', '.join(map(str, sizes))}",
     }
     extras = getattr(model, "export_files", dict)()  # what a runtime needs besides the graph
     for name, text in extras.items():

@@ -17,6 +17,7 @@ no new connections, the requests in flight answered, then exit.
 
 import asyncio
 import json
+import re
 import socket
 import sys
 import tempfile
@@ -109,6 +110,7 @@ class Batcher:
             try:
                 inputs = self.collate([inputs for inputs, _ in batch])
                 outputs = await loop.run_in_executor(self.worker, self.run, *inputs)
+                answers = [tuple(out[i] for out in outputs) for i in range(len(batch))]
             except Exception as err:  # a backend failure fails this batch, not the server
                 for _, done in batch:
                     if not done.done():
@@ -116,9 +118,9 @@ class Batcher:
                 continue
             self.batches += 1
             self.requests += len(batch)
-            for i, (_, done) in enumerate(batch):
-                if not done.done():
-                    done.set_result((tuple(out[i] for out in outputs), len(batch)))
+            for answer, (_, done) in zip(answers, batch, strict=True):
+                if not done.done():  # a client that hung up meanwhile has a cancelled one
+                    done.set_result((answer, len(batch)))
 
     async def stop(self) -> None:
         """Answer what is queued, then end the loop."""
@@ -194,10 +196,10 @@ def trained_commit(ckpt_path: Path) -> str | None:
 def check_settings(cfg: DictConfig) -> None:
     if cfg.backend not in BACKENDS:
         raise UserError(f"backend={cfg.backend} is not one of {', '.join(BACKENDS)}")
-    for key, low in (("max_batch", 1), ("port", 1), ("threads", 0)):
+    for key, low, high in (("max_batch", 1, 4096), ("port", 1, 65535), ("threads", 0, 1024)):
         value = cfg[key]
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise UserError(f"{key}={value} must be a whole number >= {low}")
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise UserError(f"{key}={value} must be a whole number from {low} to {high}")
     for key, positive in (("max_wait_ms", False), ("max_body_mb", True)):
         value = cfg[key]
         if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
@@ -247,10 +249,7 @@ class Service:
             "backend": self.cfg.backend,
             "model_file": str(self.model_file) if self.model_file else None,
             "checkpoint": str(self.ckpt_path.resolve()),
-            "commit": {
-                "trained": trained_commit(self.ckpt_path),
-                "serving": git_state().get("commit"),
-            },
+            "commit": self.commits,
             "batching": {"max_batch": self.cfg.max_batch, "max_wait_ms": self.cfg.max_wait_ms},
             "max_body_mb": self.cfg.max_body_mb,
             "versions": {"torch": str(torch.__version__), "onnxruntime": onnxruntime.__version__},
@@ -276,7 +275,7 @@ class Service:
                 )
             try:
                 body = json.loads(await request.body())
-            except ValueError as err:
+            except (ValueError, RecursionError) as err:  # RecursionError: nested too deeply
                 raise RequestError(400, f"the body is not valid JSON: {err}") from None
             text = body.get("text") if isinstance(body, dict) else None
             if not isinstance(text, str):
@@ -311,18 +310,28 @@ class Service:
         decoding an image or audio file takes milliseconds)."""
         try:
             if filename is None:
-                return self.model.read_request(payload)
-            with tempfile.TemporaryDirectory() as folder:
-                # The project's own file readers, as `make predict` uses them; the suffix kept
-                # (audio readers look at it).
-                path = Path(folder, "upload" + Path(filename).suffix[:16])
-                path.write_bytes(payload)
-                try:
-                    return self.model.read_request(path)
-                except UserError as err:
-                    raise UserError(str(err).replace(str(path), filename)) from None
+                inputs, context = self.model.read_request(payload)
+            else:
+                inputs, context = self.read_file(payload, filename)
+            self.spec.check_item(inputs)
+            return inputs, context
         except UserError as err:
             raise RequestError(422, str(err)) from None
+
+    def read_file(self, payload: bytes, filename: str) -> tuple[tuple, object]:
+        """The project's own file reader, as `make predict` uses it, on the upload written to a
+        private temporary folder; its messages name the client's file."""
+        # The suffix kept (audio readers look at it), nothing else of the client's name.
+        suffix = re.sub(r"[^A-Za-z0-9]", "", Path(filename).suffix)[:8]
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder, "upload" + (f".{suffix}" if suffix else ""))
+            path.write_bytes(payload)
+            try:
+                return self.model.read_request(path)
+            except UserError as err:
+                raise UserError(str(err).replace(str(path), filename)) from None
+            except (ValueError, OSError, RuntimeError) as err:  # a decoder's own complaint
+                raise UserError(f"cannot read {filename}: {err}") from None
 
     async def predict(self, request) -> dict:
         from starlette.concurrency import run_in_threadpool
@@ -395,6 +404,24 @@ def build_app(service: Service):
     return app
 
 
+def server_class():
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, telling the service when a stop begins: /health answers 503 while
+        the requests in flight finish (a load balancer stops sending new ones)."""
+
+        def __init__(self, config, service: Service):
+            super().__init__(config)
+            self.service = service
+
+        def handle_exit(self, sig, frame) -> None:
+            self.service.stopping = True
+            super().handle_exit(sig, frame)
+
+    return Server
+
+
 def check_port(host: str, port: int) -> None:
     with socket.socket() as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -411,6 +438,7 @@ def serve(cfg: DictConfig) -> None:
 
     service = Service(cfg)
     check_port(cfg.host, cfg.port)
+    Server = server_class()
     app = build_app(service)
     what = f"onnxruntime on {service.model_file}" if service.model_file else "the model (torch)"
     url = f"http://{'127.0.0.1' if cfg.host == '0.0.0.0' else cfg.host}:{cfg.port}"
@@ -426,7 +454,7 @@ def serve(cfg: DictConfig) -> None:
         access_log=cfg.access_log,
         timeout_graceful_shutdown=30,  # requests in flight get this long to finish
     )
-    uvicorn.Server(config).run()  # a signal that stopped it is raised again here
+    Server(config, service).run()  # a signal that stopped it is raised again here
 
 
 @entry("serve")

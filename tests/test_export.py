@@ -130,6 +130,30 @@ def test_each_text_encoder_has_a_traceable_twin_that_computes_the_same(encoder):
         )
 
 
+@pytest.mark.slow
+def test_a_small_max_batch_is_checked_within_its_bounds(tiny_checkpoint, tmp_path):
+    """A .pt2 program refuses batches above its max_batch: the parity check stays within it."""
+    out = tmp_path / "small.pt2"
+    words = ["format=pt2", "max_batch=3", f"output={out}"]
+    export(export_config(tmp_path, "sentiment", tiny_checkpoint("sentiment"), *words))
+    assert json.loads(out.with_suffix(".pt2.json").read_text())["parity"]["on"].endswith("1, 2, 3")
+
+
+def test_labels_may_flip_only_at_near_ties():
+    """An integer output (a detector's classes) agrees but for MAX_FLIPPED of its entries."""
+    from common.export import MAX_FLIPPED, ExportSpec, Tensor, check_parity
+
+    labels = torch.zeros(1, 10_000, dtype=torch.long)
+    spec = ExportSpec(
+        torch.nn.Identity(), (labels,), [Tensor("x", "int64", ["batch", 10_000], "")], [], ""
+    )
+    few, many = labels.clone(), labels.clone()
+    few[0, :5] = 1  # 0.05%
+    many[0, : int(3 * MAX_FLIPPED * 10_000)] = 1
+    assert check_parity(spec, lambda x: [few], [(labels,)]) == 0.0
+    assert check_parity(spec, lambda x: [many], [(labels,)]) == float("inf")
+
+
 def test_an_export_that_differs_from_the_model_is_refused_and_not_kept(tiny_checkpoint, tmp_path):
     out = tmp_path / "strict.onnx"
     # ONNX Runtime's convolutions sum in another order: ~1e-6 apart, above a zero tolerance.

@@ -26,6 +26,7 @@ from common.capabilities import Serves, projects_with
 from common.data.synthetic import synthetic_images
 from common.errors import UserError
 from common.export import export
+from common.instantiate import instantiate_model
 from common.predict import load_trained
 from common.runs import run_dir_of
 from common.serve import Batcher, Service, build_app
@@ -305,6 +306,14 @@ def test_keyword_spotting_takes_an_audio_upload(tiny_checkpoint, tmp_path):
         )
         bad = upload(client, b"RIFF not really", "x.wav")
         assert bad.status_code == 422 and "cannot read the audio file x.wav" in bad.json()["error"]
+        # 44101 Hz would take a 2.8 GB resampling kernel: refused, not attempted.
+        odd = write_wav(tmp_path / "odd.wav", waves[0][:4000], 44101)
+        bad = upload(client, odd.read_bytes(), "odd.wav")
+        assert bad.status_code == 422 and "sampled at 44101 Hz" in bad.json()["error"]
+        # A client's file name reaches no path: only its suffix's letters are kept.
+        weird = upload(client, clip.read_bytes(), "../../etc/x.w\x00av")
+        assert weird.status_code in (200, 422)
+        assert client.get("/health").json()["status"] == "ok"
 
 
 @pytest.mark.slow
@@ -328,8 +337,8 @@ def test_the_onnx_backend_serves_only_its_checkpoints_current_export(
     stale = tmp_path / "stale.onnx"
     shutil.copy(onnx, stale)
     shutil.copy(onnx.with_suffix(".onnx.json"), stale.with_suffix(".onnx.json"))
-    os.utime(stale, (time.time() - 3600,) * 2)  # written before the checkpoint
-    os.utime(ckpt, (time.time() - 60,) * 2)
+    before = ckpt.stat().st_mtime - 60  # written before the checkpoint (which stays as it is)
+    os.utime(stale, (before, before))
     with pytest.raises(UserError, match="is newer than its export"):
         service(tmp_path, "mnist", ckpt, f"model_file={stale}")
 
@@ -340,8 +349,35 @@ def test_projects_and_settings_that_cannot_be_served_are_refused(mnist, tmp_path
         service(tmp_path, "gan", ckpt)
     with pytest.raises(UserError, match="backend=tensorrt is not one of onnx, torch"):
         service(tmp_path, "mnist", ckpt, "backend=tensorrt")
-    with pytest.raises(UserError, match="max_batch=0 must be a whole number >= 1"):
+    with pytest.raises(UserError, match="max_batch=0 must be a whole number from 1 to 4096"):
         service(tmp_path, "mnist", ckpt, "max_batch=0", f"model_file={onnx}")
+    with pytest.raises(UserError, match="port=70000 must be a whole number from 1 to 65535"):
+        service(tmp_path, "mnist", ckpt, "port=70000", f"model_file={onnx}")
+    with pytest.raises(UserError, match="max_body_mb=0 would refuse every request"):
+        service(tmp_path, "mnist", ckpt, "max_body_mb=0", f"model_file={onnx}")
+
+
+def test_text_items_of_different_lengths_batch_padded_and_oversize_ones_are_refused(
+    tiny_checkpoint, tmp_path
+):
+    trained = model_of(tmp_path, "sentiment", tiny_checkpoint("sentiment"))
+    # A transformer encoder under the trained run's tokenizer: its graph takes any length.
+    model = instantiate_model(
+        make_config(tmp_path, ["project=sentiment", "encoder=transformer"]).model
+    )
+    model.use_data(trained.data_spec)
+    spec = model.eval().export_spec()
+    assert spec.inputs[0].shape == ["batch", "length"]
+    short, long = torch.tensor([2, 7]), torch.tensor([2, 7, 8, 9, 10])
+    tokens, lengths = spec.collate([(short, torch.tensor(2)), (long, torch.tensor(5))])
+    assert tokens.tolist() == [[2, 7, 0, 0, 0], [2, 7, 8, 9, 10]] and lengths.tolist() == [2, 5]
+    (alone, _) = spec.collate([(short, torch.tensor(2))])
+    assert alone.tolist() == [[2, 7, 0]]  # padded to the graph's shortest length, 3
+    longest = spec.limits["length"][1]
+    with pytest.raises(
+        UserError, match=f"tokens has {longest + 1} along length: the graph takes at most {longest}"
+    ):
+        spec.check_item((torch.ones(longest + 1, dtype=torch.long), torch.tensor(longest + 1)))
 
 
 # --- the real process ----------------------------------------------------------------------------

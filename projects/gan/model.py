@@ -153,8 +153,8 @@ class GAN(TemplateModule):
         from common.export import generator_spec
 
         return generator_spec(
-            self,
-            "generator",
+            self.generator,
+            "forward",
             to_unit,
             self.latent_dim,
             "the generator's tanh output is mapped to [0, 1] inside the graph",

@@ -8,6 +8,7 @@ apart). Stored, it is int16 (2 bytes a sample, half of float32), as WAV files ho
 one-second clip is 32 KB, and Speech Commands' 105,829 clips are 3.4 GB.
 """
 
+import math
 from pathlib import Path
 
 import soundfile as sf
@@ -46,6 +47,14 @@ def read_audio(path: str | Path, sample_rate: int) -> torch.Tensor:
     if not len(data):
         raise UserError(f"the audio file {path} holds no samples: an empty clip")
     wave = torch.from_numpy(data).mean(dim=1)  # (T,): the channels' mean
+    # torchaudio's resampling kernel is (new / g) x (old / g) numbers, g their greatest common
+    # divisor: 160 x 441 from 44.1 to 16 kHz, but 16000 x 44101 (2.8 GB) from 44101 Hz.
+    g = math.gcd(rate, sample_rate)
+    if (sample_rate // g) * (rate // g) > 4_000_000:
+        raise UserError(
+            f"the audio file {path} is sampled at {rate} Hz, which does not resample to "
+            f"{sample_rate} Hz at a sane cost: convert it to a standard rate (16, 44.1, 48 kHz) first"
+        )
     if rate != sample_rate:
         wave = torchaudio.functional.resample(wave, rate, sample_rate)
     return wave

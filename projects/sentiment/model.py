@@ -64,9 +64,10 @@ class SentimentClassifier(Classifier):
         spec = self.data_spec
         if spec.tokenizer is None:
             raise UserError("this checkpoint holds no tokenizer: train it with this repo's code")
-        if self._tokenizer is None:
-            self._tokenizer = Tokenizer.from_str(spec.tokenizer)
-            self._tokenizer.enable_truncation(spec.max_length)
+        if self._tokenizer is None:  # configured before it is shared: requests run in threads
+            tokenizer = Tokenizer.from_str(spec.tokenizer)
+            tokenizer.enable_truncation(spec.max_length)
+            self._tokenizer = tokenizer
         tokenizer = self._tokenizer
         encoding = tokenizer.encode(text)
         ids = encoding.ids  # [CLS] first
@@ -93,13 +94,15 @@ class SentimentClassifier(Classifier):
     def export_spec(self):
         """tokens (B, T) int64, [CLS] first, padded with 0 after each text's `lengths` (B,)
         -> logits (B, K). The tokenizer stays outside (its JSON goes beside the file)."""
+        from tokenizers import Tokenizer
+
         from common.export import ExportSpec, Tensor
 
         spec = self.data_spec
         if spec.tokenizer is None:
             raise UserError("this checkpoint holds no tokenizer: train it with this repo's code")
         gen = torch.Generator().manual_seed(0)
-        vocab = self.net.encoder.embed.num_embeddings if hasattr(self.net.encoder, "embed") else 3
+        vocab = Tokenizer.from_str(spec.tokenizer).get_vocab_size()  # ids the tokenizer gives
 
         def texts(n: int, t: int) -> tuple[torch.Tensor, torch.Tensor]:
             tokens = torch.randint(3, max(vocab, 4), (n, t), generator=gen)
