@@ -155,7 +155,7 @@ def dim(name: str, low: int, high: int) -> torch.export.Dim:
 
 class Generator(nn.Module):
     """Latent codes (B, Z) -> images (B, C, H, W) in [0, 1]: `owner.<decode>` (a generator's
-    forward, a VAE net's decode; `owner` the net alone, so that nothing else lands in the file)
+    forward, an autoencoder's decode; `owner` the net alone, so that nothing else lands in the file)
     then `to_unit` (the map of its output range onto [0, 1])."""
 
     def __init__(self, owner: nn.Module, decode: str, to_unit):

@@ -1,7 +1,7 @@
 """Serve a trained model over HTTP: `make serve PROJECT=<name> ckpt_path=<file|last> [backend=onnx|torch]`.
 
 Any project whose model can be exported and reads requests (the `Serves` capability: image
-classifiers, detection, sentiment, keyword spotting) is served by this one module:
+classifiers, object detectors, text classifiers, keyword spotters) is served by this one module:
 
     POST /predict    an image or audio file as the multipart form field `file`, or JSON {"text": ...}
     GET  /health     {"status": "ok"}; 503 once the server is stopping
