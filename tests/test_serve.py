@@ -192,6 +192,27 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(mnist, tmp
         np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
+def test_a_request_whose_client_hung_up_leaves_its_batch_and_the_others_are_answered():
+    seen = []
+
+    def run(x: torch.Tensor) -> list[torch.Tensor]:
+        seen.append(x.tolist())
+        return [x]
+
+    async def scenario():
+        batcher = Batcher(run, lambda items: (torch.stack([i[0] for i in items]),), 8, 0.2)
+        batcher.start()
+        kept = asyncio.ensure_future(batcher.submit((torch.tensor(1.0),)))
+        gone = asyncio.ensure_future(batcher.submit((torch.tensor(2.0),)))
+        await asyncio.sleep(0.05)  # both queued; the batch waits 0.2 s for company
+        gone.cancel()  # its client hung up (the server cancels the request's task)
+        (out,), size = await kept
+        assert float(out) == 1.0 and size == 1 and seen == [[1.0]]
+        await batcher.stop()
+
+    asyncio.run(scenario())
+
+
 def test_the_batcher_sizes_batches_answers_in_order_and_drains_on_stop():
     sizes = []
 
@@ -423,14 +444,24 @@ def post_file(port: int, data: bytes, name: str) -> dict:
 @pytest.mark.slow
 def test_make_serve_answers_and_stops_gracefully_on_sigterm(mnist):
     ckpt, onnx = mnist
-    server, port = start(ROOT, "PROJECT=mnist", f"ckpt_path={ckpt}", f"model_file={onnx}")
+    # Each request waits up to 1.5 s for company: long enough to stop the server under one.
+    words = [f"ckpt_path={ckpt}", f"model_file={onnx}", "max_batch=8", "max_wait_ms=1500"]
+    server, port = start(ROOT, "PROJECT=mnist", *words)
+    late: dict = {}
     try:
         answers = [post_file(port, data, "digit.png") for data in digits(3)]
         assert all(len(a["classes"]) == 5 for a in answers)
+        sender = threading.Thread(
+            target=lambda: late.update(post_file(port, digits(1)[0], "x.png"))
+        )
+        sender.start()
+        time.sleep(0.5)  # the request is in the batcher, waiting
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # as `docker stop` or Ctrl-C would
         out, err = server.communicate(timeout=60)
-    assert "http://127.0.0.1:" in out and "stopped after answering 3 requests" in out
+    sender.join(timeout=30)
+    assert len(late["classes"]) == 5  # the request in flight was answered before the exit
+    assert "http://127.0.0.1:" in out and "stopped after answering 4 requests" in out
     assert server.returncode == -signal.SIGTERM  # make got the signal too, as from Ctrl-C
     assert "stopped by SIGTERM" in err and "Traceback" not in err
 
