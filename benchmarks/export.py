@@ -37,17 +37,22 @@ TINY = {
     ],
     "vae": ["data.synthetic=true", "data.synthetic_size=[256,64]", "data.val_size=32"],
 }
+# One epoch of two training batches, one validation and one test batch, no sanity check (the
+# tests' runs too).
 FEW_STEPS = [
     "trainer.max_epochs=1",
     "trainer.limit_train_batches=2",
     "trainer.limit_val_batches=1",
     "trainer.limit_test_batches=1",
     "trainer.num_sanity_val_steps=0",
+]
+# And here: no test, no progress bars, a small batch.
+QUIET = [
     "test=false",
-    "~callbacks.progress_bar",  # the table, not progress bars
-    "trainer.enable_progress_bar=false",
     "logger=csv",
     "data.batch_size=16",
+    "~callbacks.progress_bar",  # the table, not progress bars
+    "trainer.enable_progress_bar=false",
 ]
 
 
@@ -84,7 +89,9 @@ def main() -> None:
     for project in args.projects.split(","):
         with TemporaryDirectory() as tmp:
             tmp = Path(tmp)
-            cfg = compose_config(tmp / "run", [f"project={project}", *TINY[project], *FEW_STEPS])
+            cfg = compose_config(
+                tmp / "run", [f"project={project}", *TINY[project], *FEW_STEPS, *QUIET]
+            )
             with quiet:
                 train(cfg)
             ckpt = tmp / "run" / "checkpoints" / "last.ckpt"

@@ -156,25 +156,23 @@ class ImageClassifier(FileClassifier):
         return (read_image(path, spec.image_size, spec.in_chans),), None
 
 
+def ranked(probs: torch.Tensor, class_names: list[str] | None, k: int) -> list[tuple[str, float]]:
+    """One input's probabilities (K,) -> the k most probable (name, probability), best first."""
+    top = probs.topk(min(k, len(probs)))
+    names = class_names or [str(i) for i in range(len(probs))]
+    return [(names[i], p) for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)]
+
+
 def top_classes(what, probs: torch.Tensor, class_names: list[str] | None, k: int = 5) -> str:
     """`what: top k of K classes` and one line per class, most probable first, for one input's
     probabilities (K,)."""
-    top = probs.topk(min(k, len(probs)))
-    names = class_names or [str(i) for i in range(len(probs))]
-    width = max(len(names[i]) for i in top.indices.tolist())
-    lines = [
-        f"  {names[i]:<{width}}  {p:6.1%}"
-        for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
-    ]
+    best = ranked(probs, class_names, k)
+    width = max(len(name) for name, _ in best)
+    lines = [f"  {name:<{width}}  {p:6.1%}" for name, p in best]
     return "\n".join([f"{what}: top {len(lines)} of {len(probs)} classes", *lines])
 
 
 def class_probabilities(logits: torch.Tensor, class_names: list[str] | None, k: int) -> list[dict]:
     """Logits (K,) -> the k most probable classes [{"name", "probability"}], best first."""
-    probs = logits.float().softmax(dim=0)
-    names = class_names or [str(i) for i in range(len(probs))]
-    top = probs.topk(min(k, len(probs)))
-    return [
-        {"name": names[i], "probability": round(p, 6)}
-        for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
-    ]
+    best = ranked(logits.float().softmax(dim=0), class_names, k)
+    return [{"name": name, "probability": round(p, 6)} for name, p in best]

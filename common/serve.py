@@ -165,13 +165,12 @@ def onnx_file(cfg: DictConfig, ckpt_path: Path) -> tuple[Path, dict]:
     return path, meta
 
 
-def backend_runner(cfg: DictConfig, spec, ckpt_path: Path):
-    """(run: batched inputs -> outputs, on the CPU; the file it runs, if any)."""
-    if cfg.backend == "onnx":
-        path, _ = onnx_file(cfg, ckpt_path)
+def backend_runner(cfg: DictConfig, spec, onnx: Path | None):
+    """run: batched inputs -> outputs, on the CPU; onnxruntime on the file `onnx` if given."""
+    if onnx is not None:
         # No spinning: between batches its idle threads would take the cores the event loop
         # needs to read the next requests.
-        return load_onnx(path, threads=cfg.threads, spin=False), path
+        return load_onnx(onnx, threads=cfg.threads, spin=False)
     module = spec.eager
     device = next(module.parameters()).device
 
@@ -179,7 +178,7 @@ def backend_runner(cfg: DictConfig, spec, ckpt_path: Path):
         with torch.inference_mode():
             return [y.cpu() for y in as_list(module(*(x.to(device) for x in inputs)))]
 
-    return run, None
+    return run
 
 
 def trained_commit(ckpt_path: Path) -> str | None:
@@ -215,15 +214,15 @@ class Service:
         check_settings(cfg)
         require_project(cfg.name, Serves, "be served")
         self.ckpt_path = Path(checkpoint_path(cfg))
-        if cfg.backend == "onnx":
-            onnx_file(cfg, self.ckpt_path)  # before the model loads: the cheap mistakes first
+        # The export checked before the model loads: the cheap mistakes first.
+        self.model_file = onnx_file(cfg, self.ckpt_path)[0] if cfg.backend == "onnx" else None
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.model = load_trained(cfg, str(self.ckpt_path), Serves, "be served")
         self.spec = self.model.export_spec()
         if self.spec.request is None:
             raise UserError(f"project '{cfg.name}' exports a graph but takes no requests to serve")
-        self.run, self.model_file = backend_runner(cfg, self.spec, self.ckpt_path)
+        self.run = backend_runner(cfg, self.spec, self.model_file)
         self.cfg = cfg
         self.limit = int(cfg.max_body_mb * 1_000_000)
         self.batcher: Batcher | None = None

@@ -10,23 +10,13 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from benchmarks.export import TINY
+# FEW_STEPS: overrides for a run that trains, validates and tests on a batch or two.
+from benchmarks.export import FEW_STEPS, TINY
 from common.resolvers import register_resolvers
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 PROJECTS = sorted(p.stem for p in (CONFIGS / "project").glob("*.yaml"))
-
-
-# Overrides for a run that trains, validates and tests on a batch or two: one epoch of two
-# training batches, one validation and one test batch, no sanity check.
-FEW_STEPS = [
-    "trainer.max_epochs=1",
-    "trainer.limit_train_batches=2",
-    "trainer.limit_val_batches=1",
-    "trainer.limit_test_batches=1",
-    "trainer.num_sanity_val_steps=0",
-]
 
 
 def options(group: str) -> list[str]:

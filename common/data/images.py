@@ -91,6 +91,13 @@ def per_channel(values, channels: int) -> list[float]:
     return values * channels if len(values) == 1 else values
 
 
+def normalizing(mean, std, channels: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift), each (1, C, 1, 1): pixels * scale + shift = (pixels / 255 - mean) / std."""
+    mean = torch.tensor(per_channel(mean, channels), device=device).view(1, -1, 1, 1)
+    std = torch.tensor(per_channel(std, channels), device=device).view(1, -1, 1, 1)
+    return 1 / (255 * std), -mean / std
+
+
 class Normalizer:
     """uint8 images (B, C, H, W) -> float32 (x / 255 - mean) / std, per channel, in one addcmul.
 
@@ -105,9 +112,7 @@ class Normalizer:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         c, device = images.shape[1], images.device
         if (c, device) not in self._constants:
-            mean = torch.tensor(per_channel(self.mean, c), device=device).view(1, -1, 1, 1)
-            std = torch.tensor(per_channel(self.std, c), device=device).view(1, -1, 1, 1)
-            self._constants[c, device] = (1 / (255 * std), -mean / std)
+            self._constants[c, device] = normalizing(self.mean, self.std, c, device)
         scale, shift = self._constants[c, device]
         return torch.addcmul(shift, images.float(), scale)
 
@@ -120,10 +125,9 @@ class NormalizedNet(nn.Module):
     def __init__(self, net: nn.Module, mean, std, in_chans: int):
         super().__init__()
         self.net = net
-        mean = torch.tensor(per_channel(mean, in_chans)).view(1, -1, 1, 1)
-        std = torch.tensor(per_channel(std, in_chans)).view(1, -1, 1, 1)
-        self.register_buffer("scale", 1 / (255 * std))
-        self.register_buffer("shift", -mean / std)
+        scale, shift = normalizing(mean, std, in_chans)
+        self.register_buffer("scale", scale)
+        self.register_buffer("shift", shift)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.net(torch.addcmul(self.shift, pixels.float(), self.scale))
