@@ -138,3 +138,22 @@ class Serves(Protocol):
     def answer(self, outputs: tuple, context) -> dict:
         """One request's graph outputs (without the batch dimension) -> its JSON answer."""
         ...
+
+
+@runtime_checkable
+class Compresses(Protocol):
+    """`make compress`: a classifier (`common.classifier.Classifier`) of batched inputs whose
+    `net` may be quantized, pruned or distilled, judged by its test accuracy; `export_spec`
+    (as `Exports`) for onnxruntime's int8."""
+
+    def export_spec(self):
+        """As `Exports`."""
+        ...
+
+    def unpack(self, batch) -> tuple[tuple, torch.Tensor]:
+        """(inputs to forward, labels) of a batch."""
+        ...
+
+    def eval_logits(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """Logits (B, num_classes) for testing."""
+        ...

@@ -72,11 +72,16 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         rank_zero_info(f"applied to the checkpoint's model: {', '.join(changed)}")
     rank_zero_info(describe_data(cfg.data, from_checkpoint))
     callbacks = [*instantiate_callbacks(cfg), RunNotes()]
+    compressed = checkpoint.get("compression")
+    if compressed and compressed["structure"].endswith("int8"):
+        cfg.trainer.accelerator = "cpu"  # torch's int8 kernels are CPU kernels
     trainer = instantiate_trainer(cfg, callbacks=callbacks, logger=instantiate_loggers(cfg))
     signals.watch(trainer)
     # Testing needs none of the callbacks that wrote the checkpoint; Lightning asks for them.
     warnings.filterwarnings("ignore", message=".*callbacks used to create the checkpoint need")
-    trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    # A compressed checkpoint's weights fit only the rebuilt model, which has them already.
+    tested = None if compressed else ckpt_path
+    trainer.test(model, datamodule=datamodule, ckpt_path=tested, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     console.record(f"metrics: {metrics}")
     rank_zero_info(f"run directory: {cfg.paths.output_dir}")

@@ -324,6 +324,13 @@ def export(cfg: DictConfig) -> Path:
     if fmt == "executorch" and (why := edge_missing()):
         raise UserError(why)
     ckpt_path = Path(checkpoint_path(cfg))
+    compressed = load_checkpoint(str(ckpt_path)).get("compression", {})
+    if compressed.get("structure", "").endswith("int8"):
+        raise UserError(
+            f"{ckpt_path} holds torch's int8 layers (make compress method={compressed['method']}), "
+            "which torch.export cannot trace: export the float checkpoint it came from, or make "
+            "compress method=onnx-int8 for an int8 ONNX graph"
+        )
     path = output_beside(cfg, ckpt_path, ckpt_path.stem + FORMATS[fmt], FORMATS[fmt])
     model = load_trained(cfg, str(ckpt_path), Exports, "be exported")
     spec = model.export_spec()

@@ -54,6 +54,16 @@ def _leaf(h, obj: Any) -> None:
 
 def _tensor(h, t: torch.Tensor) -> None:
     t = t.detach()
+    if t.is_quantized:  # int8 weights (make compress): how the integers map to floats, then them
+        scheme = t.qscheme()
+        _put(h, b"Q", f"{t.dtype}|{scheme}".encode())
+        if scheme in (torch.per_tensor_affine, torch.per_tensor_symmetric):
+            _leaf(h, (t.q_scale(), t.q_zero_point()))
+        else:
+            _leaf(h, t.q_per_channel_axis())
+            _tensor(h, t.q_per_channel_scales())
+            _tensor(h, t.q_per_channel_zero_points())
+        t = t.int_repr()
     if t.layout != torch.strided:
         t = t.to_dense()
     # resolve_* are no-ops unless a lazy conj/neg bit is set; torch.save materializes those too.

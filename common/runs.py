@@ -6,6 +6,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import warnings
 from datetime import datetime
 from pathlib import Path
 
@@ -275,8 +276,12 @@ def load_checkpoint(path: str) -> dict:
     if not Path(path).is_file():
         raise UserError(f"checkpoint not found: {path}")
     try:
-        # mmap: pages are read once, by the digest.
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        with warnings.catch_warnings():
+            # A compressed checkpoint's int8 tensors: torch warns that their kind is deprecated
+            # each time one is read (`common.compress` says so once).
+            warnings.filterwarnings("ignore", message=".*(quantized tensor creation|TypedStorage).*")
+            # mmap: pages are read once, by the digest.
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # torch raises several types for truncated or foreign files
         unsafe = unsafe_message(err, path)
         if unsafe:
@@ -415,6 +420,11 @@ def checkpoint_model(cfg: DictConfig, saved: DictConfig) -> tuple[DictConfig, li
 def load_weights(model, checkpoint: dict, changed: list[str]) -> None:
     """Load the checkpoint's weights into `model`; weights that do not fit are a user error that
     names the overrides that changed the architecture (when there are)."""
+    if "compression" in checkpoint:  # written by make compress: int8 or pruned layers to rebuild
+        from common.compress import rebuild
+
+        rebuild(model, checkpoint)
+        return
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except (RuntimeError, KeyError) as err:
