@@ -31,23 +31,22 @@ accuracy, each beside the original's.
 """
 
 import copy
-from tempfile import TemporaryDirectory
 import io
+import itertools
 import logging
 import statistics
 import time
 import warnings
 from pathlib import Path
+from tempfile import TemporaryDirectory
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
 from common.capabilities import Compresses, require, require_project
-from common.data import DataSpec
 from common.entry import entry
 from common.errors import UserError
 from common.instantiate import instantiate_model
@@ -55,6 +54,7 @@ from common.integrity import KEY, digest
 from common.predict import checkpoint_path, output_beside
 from common.runs import (
     checkpoint_data,
+    checkpoint_datamodule,
     checkpoint_model,
     load_checkpoint,
     load_weights,
@@ -165,7 +165,19 @@ def quantize_static(net: nn.Module, batches: list[tuple]) -> nn.Module:
     return convert_static(prepared)
 
 
+def has_conv(net: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.conv._ConvNd) for m in net.modules())
+
+
 # --- structured pruning ----------------------------------------------------------------------------
+
+
+def check_prunable(net: nn.Module) -> None:
+    if not has_conv(net):
+        raise UserError(
+            f"method=prune removes channels of convolutions; {type(net).__name__} has none "
+            "(method=dynamic or method=distill shrink it)"
+        )
 
 
 def prune_channels(net: nn.Module, example: tuple, amount: float) -> nn.Module:
@@ -175,12 +187,8 @@ def prune_channels(net: nn.Module, example: tuple, amount: float) -> nn.Module:
     Linear keeps its outputs: they are the classes. In place; returns the net."""
     import torch_pruning as tp
 
+    check_prunable(net)
     linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
-    if not any(isinstance(m, nn.Conv1d | nn.Conv2d) for m in net.modules()):
-        raise UserError(
-            f"method=prune removes channels of convolutions; {type(net).__name__} has none "
-            "(method=dynamic or method=distill shrink it)"
-        )
     pruner = tp.pruner.MagnitudePruner(
         net.eval(),
         example,
@@ -198,7 +206,10 @@ def fit_shapes(model: nn.Module, state_dict: dict) -> None:
     for name, module in model.named_modules():
         prefix = f"{name}." if name else ""
         resized = False
-        for key, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
+        for key, tensor in [
+            *module.named_parameters(recurse=False),
+            *module.named_buffers(recurse=False),
+        ]:
             saved = state_dict.get(prefix + key)
             if saved is None or tensor is None or saved.shape == tensor.shape:
                 continue
@@ -257,7 +268,9 @@ def load_portable(model: nn.Module, state: dict) -> None:
         keys = [k for k in state if k.startswith(prefix)]
         rnn.set_weight_bias({k[len(prefix) :]: state.pop(k) for k in keys})
         packed = f"{name}._all_weight_values."
-        state |= {k: v for k, v in rnn.state_dict(prefix=f"{name}.").items() if k.startswith(packed)}
+        state |= {
+            k: v for k, v in rnn.state_dict(prefix=f"{name}.").items() if k.startswith(packed)
+        }
     model.load_state_dict(state)
 
 
@@ -294,18 +307,6 @@ def rebuild(model, checkpoint: dict) -> None:
 
 
 # --- measuring -------------------------------------------------------------------------------------
-
-
-def median_ms(run, inputs: tuple, calls: int = 30, warmup: int = 5) -> float:
-    """Milliseconds per `run(*inputs)`: the median of `calls` calls after `warmup`."""
-    for _ in range(warmup):
-        run(*inputs)
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        run(*inputs)
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
 
 
 def rows_of(inputs: tuple, n: int) -> tuple:
@@ -347,10 +348,11 @@ def count(state: dict) -> tuple[int, float]:
 
 
 class Tuning(L.LightningModule):
-    """Trains `student` (a classifier) for a few steps: with its own training step (cross-entropy
-    on the labels), or with a `teacher`, on `distillation_loss`. `lr_scale`: the student's
-    optimizer at that fraction of its learning rate, constant (fine-tuning trained weights);
-    None: the student's own optimizer and schedule (training from scratch)."""
+    """Trains `student` (a classifier) for a few steps: on cross-entropy with the labels (with
+    the checkpoint's label smoothing), or with a `teacher`, on `distillation_loss`. `lr_scale`:
+    the student's optimizer starting at that fraction of its learning rate and decaying to zero
+    on a cosine (fine-tuning trained weights); None: the student's own optimizer and schedule
+    (training from scratch)."""
 
     def __init__(
         self,
@@ -386,10 +388,15 @@ class Tuning(L.LightningModule):
         lr = getattr(factory, "keywords", {}).get("lr")
         if lr is None:
             raise UserError("fine-tuning scales the checkpoint's optimizer lr, and it has none")
-        return factory(params=self.student.optimizer_params(), lr=lr * self.lr_scale)
+        optimizer = factory(params=self.student.optimizer_params(), lr=lr * self.lr_scale)
+        # Down to zero by the last step: a trained net moved by a constant rate ends wherever the
+        # last steps' noise left it (measured: 1-2 points lower on cifar10).
+        steps = self.trainer.max_steps
+        decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": decay, "interval": "step"}}
 
 
-def quiet_trainer(**kwargs) -> L.Trainer:
+def quiet_trainer(callbacks=(), **kwargs) -> L.Trainer:
     """A CPU Trainer that writes nothing: no logger, no checkpoints, no summary."""
     from common.callbacks import ProgressBar
 
@@ -403,18 +410,23 @@ def quiet_trainer(**kwargs) -> L.Trainer:
             logger=False,
             enable_checkpointing=False,
             enable_model_summary=False,
-            callbacks=[ProgressBar()],
+            callbacks=[ProgressBar(), *callbacks],
             **kwargs,
         )
     finally:
         info.setLevel(level)
 
 
-def tune(cfg: DictConfig, tuning: Tuning, datamodule, clip: float | None) -> None:
+def tune(cfg: DictConfig, tuning: Tuning, datamodule, clip: float | None, callbacks=()) -> None:
     trainer = quiet_trainer(
-        max_steps=cfg.steps, limit_val_batches=0, num_sanity_val_steps=0, gradient_clip_val=clip
+        callbacks=list(callbacks),
+        max_steps=cfg.steps,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        gradient_clip_val=clip,
     )
     warnings.filterwarnings("ignore", message=".*(val_dataloader|validation_step).*")
+    warnings.filterwarnings("ignore", message=".*module.s. in eval mode.*")  # the teacher, on purpose
     tuning.train()  # Lightning keeps the modes it finds: the student trains (dropout, BN stats)
     if tuning.teacher is not None:
         tuning.teacher.eval()  # the teacher answers as it would at test time
@@ -458,10 +470,6 @@ def net_inputs(model, inputs: tuple) -> tuple:
 # --- the methods -----------------------------------------------------------------------------------
 
 
-def has_conv(net: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.conv._ConvNd) for m in net.modules())
-
-
 def static_model(model, datamodule, cfg: DictConfig):
     """`model` with its net quantized to int8 after `calibration_batches` training batches."""
     calibration = [model.unpack(b)[0] for b in batches(datamodule, cfg.calibration_batches)]
@@ -473,20 +481,48 @@ def static_model(model, datamodule, cfg: DictConfig):
     return model
 
 
+class FreezeQuantization(L.Callback):
+    """The usual QAT schedule (PyTorch's quantization tutorial), for a fine-tune: BatchNorm keeps
+    the trained statistics from the start (a few steps' batch statistics are noisier than them),
+    and the activation ranges stop moving halfway, so the second half trains the weights
+    against the rounding they will have."""
+
+    def __init__(self, net: nn.Module, steps: int):
+        self.net, self.steps = net, steps
+
+    def on_train_start(self, trainer, pl_module):
+        from torch.ao.nn.intrinsic.qat import freeze_bn_stats
+
+        self.net.apply(freeze_bn_stats)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.steps // 2:
+            from torch.ao.quantization import disable_observer
+
+            self.net.apply(disable_observer)
+
+
 def qat_model(model, datamodule, cfg: DictConfig, clip):
     """`model` with fake quantization in its net, fine-tuned `steps` steps, converted to int8."""
     example = net_inputs(model, model.unpack(first_batch(datamodule, "train"))[0])
+    teacher = copy.deepcopy(model) if cfg.recover == "distill" else None
     model.net = prepare_static(model.net, example, qat=True)
-    tune(cfg, Tuning(model, lr_scale=cfg.lr_scale), datamodule, clip)
+    schedule = FreezeQuantization(model.net, cfg.steps)
+    tuning = Tuning(model, teacher, cfg.temperature, cfg.alpha, lr_scale=cfg.lr_scale)
+    tune(cfg, tuning, datamodule, clip, callbacks=[schedule])
     model.net = convert_static(model.net)
     return model
 
 
 def pruned_model(model, datamodule, cfg: DictConfig, clip):
+    """`model` with `amount` of its channels removed, fine-tuned `steps` steps (with
+    `recover=distill`, on the unpruned model's soft targets as well as the labels)."""
     example = net_inputs(model, model.unpack(first_batch(datamodule, "train"))[0])
+    teacher = copy.deepcopy(model) if cfg.recover == "distill" else None
     prune_channels(model.net, example, cfg.amount)
     if cfg.steps > 0:
-        tune(cfg, Tuning(model, lr_scale=cfg.lr_scale), datamodule, clip)
+        tuning = Tuning(model, teacher, cfg.temperature, cfg.alpha, lr_scale=cfg.lr_scale)
+        tune(cfg, tuning, datamodule, clip)
     return model.eval()
 
 
@@ -496,9 +532,7 @@ def distilled_model(teacher, student_cfg, datamodule, cfg: DictConfig, clip, alo
     L.seed_everything(cfg.seed, verbose=False)  # the same initial student either way
     student = instantiate_model(student_cfg)
     student.use_data(teacher.data_spec)
-    tuning = Tuning(
-        student, None if alone else teacher, cfg.temperature, cfg.alpha, lr_scale=None
-    )
+    tuning = Tuning(student, None if alone else teacher, cfg.temperature, cfg.alpha, lr_scale=None)
     tune(cfg, tuning, datamodule, clip)
     return student.eval()
 
@@ -509,7 +543,7 @@ def distilled_model(teacher, student_cfg, datamodule, cfg: DictConfig, clip, alo
 def onnx_int8(model, datamodule, cfg: DictConfig, path: Path, conv: bool) -> tuple[dict, dict]:
     """The `make export` graph as float ONNX and as onnxruntime's int8 (`path`): static QDQ with
     per-channel weights, calibrated on `calibration_batches` training batches, for conv nets;
-    dynamic int8 MatMuls otherwise. Returns the two graphs' table rows."""
+    dynamic int8 MatMuls otherwise. Returns both graphs' figures: {"onnx fp32": ..., method: ...}."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -522,7 +556,9 @@ def onnx_int8(model, datamodule, cfg: DictConfig, path: Path, conv: bool) -> tup
     from common.export import load_onnx, write_onnx
 
     spec = model.export_spec()
-    program = torch.export.export(spec.module, spec.examples, dynamic_shapes=spec.dynamic_shapes(64))
+    program = torch.export.export(
+        spec.module, spec.examples, dynamic_shapes=spec.dynamic_shapes(64)
+    )
     names = [t.name for t in spec.inputs]
 
     def graph_inputs(batch) -> tuple:  # a raw batch -> the graph's inputs, padded as it takes them
@@ -530,8 +566,10 @@ def onnx_int8(model, datamodule, cfg: DictConfig, path: Path, conv: bool) -> tup
 
     class Calibration(CalibrationDataReader):
         def __init__(self):
-            raw = (b for i, b in zip(range(cfg.calibration_batches), datamodule.train_dataloader()))
-            self.feeds = ({n: x.numpy() for n, x in zip(names, graph_inputs(b))} for b in raw)
+            raw = itertools.islice(datamodule.train_dataloader(), cfg.calibration_batches)
+            self.feeds = (
+                {n: x.numpy() for n, x in zip(names, graph_inputs(b), strict=True)} for b in raw
+            )
 
         def get_next(self):
             return next(self.feeds, None)
@@ -563,26 +601,24 @@ def onnx_int8(model, datamodule, cfg: DictConfig, path: Path, conv: bool) -> tup
                 quantize_dynamic(str(cleared), str(path), weight_type=QuantType.QInt8)
         finally:
             root.setLevel(level)
-        rows = {}
-        for name, file in (("onnx fp32", fp32), (cfg.method, path)):
-            run = load_onnx(file, threads=cfg.threads)
+        files = {"onnx fp32": fp32, cfg.method: path}
+        runs = {name: load_onnx(file, threads=cfg.threads) for name, file in files.items()}
+        rows = {
+            name: {"params": onnx_params(file), "mb": file.stat().st_size / 1e6}
+            for name, file in files.items()
+        }
+        example = graph_inputs(next(iter(datamodule.test_dataloader())))
+        for name, ms in latencies(runs, example, cfg).items():
+            rows[name] |= ms
+        for name, run in runs.items():
             correct = seen = 0
-            limit = cfg.test_batches if cfg.test_batches is not None else float("inf")
-            for i, batch in enumerate(datamodule.test_dataloader()):
-                if i >= limit:
-                    break
-                logits = run(*graph_inputs(batch))[0]
+            for batch in itertools.islice(datamodule.test_dataloader(), cfg.test_batches):
+                logits = run(*graph_inputs(batch))[0]  # (B, K)
                 labels = model.unpack(batch)[1]
                 correct += int((logits.argmax(1) == labels).sum())
                 seen += len(labels)
-            example = graph_inputs(next(iter(datamodule.test_dataloader())))
-            rows[name] = {
-                "params": onnx_params(file),
-                "mb": file.stat().st_size / 1e6,
-                **{f"b{n}": median_ms(run, rows_of(example, n), cfg.repeats) for n in BATCHES},
-                "acc": correct / max(seen, 1),
-            }
-    return rows["onnx fp32"], rows[cfg.method]
+            rows[name]["acc"] = correct / max(seen, 1)
+    return rows
 
 
 def onnx_params(path: Path) -> tuple[int, float]:
@@ -597,21 +633,37 @@ def onnx_params(path: Path) -> tuple[int, float]:
 # --- the command -----------------------------------------------------------------------------------
 
 
-def measure(model, datamodule, cfg: DictConfig, state: dict, example: tuple) -> dict:
-    """A table row's figures for a torch model: parameters, MB, ms at each of `BATCHES` with
-    `threads` threads, test accuracy."""
+def sizes(model) -> dict:
+    """A torch model's parameters (and the fraction that are zero) and serialized MB."""
+    state = portable_state(model)
+    return {"params": count(state), "mb": serialized_mb(state)}
+
+
+def latencies(runs: dict, example: tuple, cfg: DictConfig, rounds: int = 5) -> dict:
+    """{label: {"b1": ms, "b32": ms}}: the median over `repeats` calls of each run at each of
+    `BATCHES`, with `threads` threads. The runs take turns, `rounds` times, so that a slow
+    stretch of a shared machine falls on all of them rather than on one."""
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
+    calls = max(1, cfg.repeats // rounds)
+    times = {(label, n): [] for label in runs for n in BATCHES}
     try:
         with torch.inference_mode():
-            ms = {f"b{n}": median_ms(model, rows_of(example, n), cfg.repeats) for n in BATCHES}
+            for _ in range(rounds):
+                for label, run in runs.items():
+                    for n in BATCHES:
+                        inputs = rows_of(example, n)
+                        for _ in range(2):  # warm up: caches, allocator, lazy init
+                            run(*inputs)
+                        for _ in range(calls):
+                            start = time.perf_counter()
+                            run(*inputs)
+                            times[label, n].append(time.perf_counter() - start)
     finally:
         torch.set_num_threads(threads)
     return {
-        "params": count(state),
-        "mb": serialized_mb(state),
-        **ms,
-        "acc": test_accuracy(model, datamodule, cfg),
+        label: {f"b{n}": 1000 * statistics.median(times[label, n]) for n in BATCHES}
+        for label in runs
     }
 
 
@@ -636,26 +688,72 @@ def row(project: str, method: str, figures: dict, original: dict | None = None) 
     return f"| {project} | {method} | " + " | ".join(cells) + " |"
 
 
-def compress(cfg: DictConfig) -> Path:
-    """Compress the checkpoint `cfg.ckpt_path` with `cfg.method`; print the table; return the
-    written file."""
-    quiet_deprecations()
-    method = cfg.method
-    if method is not None and method not in METHODS:
-        raise UserError(f"method={method} is not one of {', '.join(METHODS)}")
+SETTINGS = ("steps", "lr_scale", "calibration_batches", "amount", "recover", "temperature", "alpha")
+
+
+def check_settings(cfg: DictConfig) -> None:
+    """A UserError for a setting no method can use, before any file is read."""
+    if cfg.method is not None and cfg.method not in METHODS:
+        raise UserError(f"method={cfg.method} is not one of {', '.join(METHODS)}")
     if cfg.device != "cpu":
         raise UserError(f"device={cfg.device}: make compress measures int8 on the CPU (device=cpu)")
     for key in ("steps", "calibration_batches", "threads", "repeats"):
-        value = cfg[key]
-        if not isinstance(value, int) or isinstance(value, bool) or value < (key == "steps" and 0 or 1):
-            raise UserError(f"{key}={value} must be a whole number >= {int(key != 'steps')}")
+        value, low = cfg[key], 0 if key == "steps" else 1
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise UserError(f"{key}={value} must be a whole number >= {low}")
+    if cfg.recover not in ("labels", "distill"):
+        raise UserError(f"recover={cfg.recover} is not one of labels, distill")
     if not 0 < cfg.amount < 1:
         raise UserError(f"amount={cfg.amount}: the fraction of channels to remove, in (0, 1)")
-    if method == "distill" and not any(k.startswith("model.") for k in typed_keys()):
+    if cfg.method == "distill" and not any(k.startswith("model.") for k in typed_keys()):
         raise UserError(
             "method=distill trains a smaller student: say how with model.<key>= overrides of "
             "the checkpoint's model (e.g. model.net.width=8)"
         )
+
+
+def compressed(method: str, model, student_cfg, datamodule, cfg: DictConfig, clip) -> tuple:
+    """(the compressed model, {label: a model to compare it with}) for `method`."""
+    others = {}  # what `compare=true` adds
+    if method == "dynamic":
+        model.net = quantize_dynamic(model.net)
+    elif method == "static":
+        model = static_model(model, datamodule, cfg)
+    elif method == "qat":
+        if cfg.compare:
+            others["static (no training)"] = static_model(copy.deepcopy(model), datamodule, cfg)
+        model = qat_model(model, datamodule, cfg, clip)
+    elif method == "prune":
+        model = pruned_model(model, datamodule, cfg, clip)
+    else:  # distill: `model` is the teacher
+        if cfg.compare:
+            alone = distilled_model(model, student_cfg, datamodule, cfg, clip, alone=True)
+            others["student alone"] = alone
+        model = distilled_model(model, student_cfg, datamodule, cfg, clip)
+    return model.eval(), others
+
+
+def write_compressed(path: Path, checkpoint: dict, model, record: dict, student_cfg=None) -> None:
+    """The checkpoint with the compressed weights, no optimizer state, and `record` (how
+    `rebuild` makes a fresh model fit them); a distilled student's own model config."""
+    dropped = ("optimizer_states", "lr_schedulers", "callbacks", "loops", KEY)
+    out = {k: v for k, v in checkpoint.items() if k not in dropped}
+    out["state_dict"] = portable_state(model)
+    if student_cfg is not None:
+        from omegaconf import OmegaConf
+
+        model_cfg = OmegaConf.to_container(student_cfg, resolve=True)
+        out["config"] = {**(out.get("config") or {}), "model": model_cfg}
+    out["compression"] = record
+    out[KEY] = {"sha256": digest(out)}
+    torch.save(out, path)
+
+
+def compress(cfg: DictConfig) -> Path:
+    """Compress the checkpoint `cfg.ckpt_path` with `cfg.method`; print the table; return the
+    written file."""
+    quiet_deprecations()
+    check_settings(cfg)
     require_project(cfg.name, Compresses, "be compressed")  # before any file is looked at
     ckpt = Path(checkpoint_path(cfg))
     checkpoint = load_checkpoint(str(ckpt))
@@ -665,7 +763,9 @@ def compress(cfg: DictConfig) -> Path:
             "compress the checkpoint it came from"
         )
     saved = saved_config(cfg, checkpoint, str(ckpt))
+    # With method=distill the command line's model.<key>= overrides describe the student.
     model_cfg, changed = checkpoint_model(cfg, saved)
+    method = cfg.method
     L.seed_everything(cfg.seed, verbose=False)
     teacher_cfg = saved.model if saved is not cfg else cfg.model
     model = instantiate_model(teacher_cfg if method == "distill" else model_cfg)
@@ -674,79 +774,56 @@ def compress(cfg: DictConfig) -> Path:
     model.on_load_checkpoint(checkpoint)  # its data spec
     model.eval()
     method = method or ("static" if has_conv(model.net) else "dynamic")
+    if method == "prune":
+        check_prunable(model.net)
     suffix = ".onnx" if method == "onnx-int8" else ".ckpt"
     name = f"{ckpt.stem}.int8.onnx" if method == "onnx-int8" else f"{ckpt.stem}.{method}.ckpt"
     path = output_beside(cfg, ckpt, name, suffix)
-
     try:
-        datamodule = instantiate(checkpoint_data(cfg, saved))
-        if "data_spec" in checkpoint:  # its tokenizer, its normalization
-            datamodule.adopt(DataSpec.from_dict(checkpoint["data_spec"]))
+        datamodule = checkpoint_datamodule(checkpoint_data(cfg, saved), checkpoint)
         datamodule.prepare_data()
         datamodule.setup("fit")
         datamodule.setup("test")
     except UserError as err:
-        raise UserError(f"make compress calibrates, fine-tunes and tests on the checkpoint's data, and: {err}") from err
+        raise UserError(
+            f"make compress calibrates, fine-tunes and tests on the checkpoint's data, and: {err}"
+        ) from err
     clip = (saved.get("trainer") or {}).get("gradient_clip_val")
-    project = cfg.name
 
     if method == "onnx-int8":
-        before, after = onnx_int8(model, datamodule, cfg, path, has_conv(model.net))
-        print(HEADER)
-        print(row(project, "onnx fp32", before))
-        print(row(project, method, after, before))
-        print(path)
-        return path
-
-    example = model.unpack(first_batch(datamodule, "test"))[0]
-    original_state = portable_state(model)
-    before = measure(model, datamodule, cfg, original_state, example)
-    extra = {}
-    if method == "dynamic":
-        model.net = quantize_dynamic(model.net)
-    elif method == "static":
-        model = static_model(model, datamodule, cfg)
-    elif method == "qat":
-        if cfg.compare:
-            ptq = static_model(copy.deepcopy(model), datamodule, cfg)
-            extra["static (no training)"] = (ptq, portable_state(ptq))
-        model = qat_model(model, datamodule, cfg, clip)
-    elif method == "prune":
-        model = pruned_model(model, datamodule, cfg, clip)
+        figures = onnx_int8(model, datamodule, cfg, path, has_conv(model.net))
+        others, baseline = {}, "onnx fp32"
     else:
-        student_cfg = model_cfg
-        if cfg.compare:
-            alone = distilled_model(model, student_cfg, datamodule, cfg, clip, alone=True)
-            extra["student alone"] = (alone, portable_state(alone))
-        model = distilled_model(model, student_cfg, datamodule, cfg, clip)
-    model.eval()
-    inputs = net_inputs(model, example)
-    state = portable_state(model)
-    after = measure(model, datamodule, cfg, state, example)
-
-    out = {k: v for k, v in checkpoint.items() if k not in ("optimizer_states", "lr_schedulers", "callbacks", "loops", KEY)}
-    out["state_dict"] = state
-    if method == "distill":
-        from omegaconf import OmegaConf
-
-        out["config"] = {**out["config"], "model": OmegaConf.to_container(model_cfg, resolve=True)}
-    out["compression"] = {
-        "method": method,
-        "structure": STRUCTURES[method],
-        "inputs": [[list(x.shape[1:]), str(x.dtype).removeprefix("torch.")] for x in inputs],
-        "source": str(ckpt.resolve()),
-        "settings": {k: cfg[k] for k in ("steps", "lr_scale", "calibration_batches", "amount", "temperature", "alpha")},
-        "measured": {"original": before, "compressed": after},
-    }
-    out[KEY] = {"sha256": digest(out)}
-    torch.save(out, path)
+        example = model.unpack(first_batch(datamodule, "test"))[0]
+        original = copy.deepcopy(model).eval()
+        model, others = compressed(method, model, model_cfg, datamodule, cfg, clip)
+        models = {"original": original, **others, method: model}
+        figures = {label: sizes(m) for label, m in models.items()}
+        for label, ms in latencies(models, example, cfg).items():
+            figures[label] |= ms
+        for label, m in models.items():
+            figures[label]["acc"] = test_accuracy(m, datamodule, cfg)
+        baseline = "original"
+        record = {
+            "method": method,
+            "structure": STRUCTURES[method],
+            "inputs": [  # the net's inputs without the batch: what rebuilding traces
+                [list(x.shape[1:]), str(x.dtype).removeprefix("torch.")]
+                for x in net_inputs(model, example)
+            ],
+            "source": str(ckpt.resolve()),
+            "settings": {k: cfg[k] for k in SETTINGS},
+            "measured": {"original": figures["original"], "compressed": figures[method]},
+        }
+        write_compressed(
+            path, checkpoint, model, record, model_cfg if method == "distill" else None
+        )
 
     print(f"{cfg.threads} thread(s), the median of {cfg.repeats} calls; accuracy on the test split")
     print(HEADER)
-    print(row(project, "original", before))
-    for label, (other, other_state) in extra.items():
-        print(row(project, label, measure(other, datamodule, cfg, other_state, example), before))
-    print(row(project, method, after, before))
+    print(row(cfg.name, baseline, figures[baseline]))
+    for label in [*others, method]:
+        print(row(cfg.name, label, figures[label], figures[baseline]))
     print(path)
     return path
 

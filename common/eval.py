@@ -9,13 +9,11 @@ refused when they do not. Trainer and loggers come from this command line.
 
 import warnings
 
-from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig
 
 from common import console, signals
 from common.callbacks import RunNotes
-from common.data import DataSpec
 from common.entry import entry
 from common.errors import UserError
 from common.instantiate import (
@@ -27,6 +25,7 @@ from common.instantiate import (
 )
 from common.runs import (
     checkpoint_data,
+    checkpoint_datamodule,
     checkpoint_model,
     load_checkpoint,
     load_weights,
@@ -63,9 +62,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         print_config_tree(cfg)
     save_run_files(cfg, cfg.paths.output_dir)
 
-    datamodule = instantiate(cfg.data)
-    if "data_spec" in checkpoint:  # its tokenizer, its normalization
-        datamodule.adopt(DataSpec.from_dict(checkpoint["data_spec"]))
+    datamodule = checkpoint_datamodule(cfg.data, checkpoint)
     model = instantiate_model(cfg.model)
     load_weights(model, checkpoint, changed)  # refuses overrides the weights no longer fit
     if changed:

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
@@ -30,7 +29,7 @@ from common.capabilities import Exports, require_project
 from common.entry import entry
 from common.errors import UserError
 from common.predict import checkpoint_path, load_trained, output_beside
-from common.runs import checkpoint_data, load_checkpoint, saved_config
+from common.runs import checkpoint_data, checkpoint_datamodule, load_checkpoint, saved_config
 
 FORMATS = {"onnx": ".onnx", "pt2": ".pt2", "executorch": ".pte"}
 # The largest batch a graph takes unless max_batch= says: ExecuTorch 1.5.1's XNNPACK programs
@@ -291,14 +290,10 @@ def check_parity(spec: ExportSpec, run, inputs: list[tuple]) -> float:
 
 def real_inputs(cfg: DictConfig, model, spec: ExportSpec, ckpt_path: str, n: int) -> tuple:
     """Up to n inputs of the checkpoint's own validation data, as the graph takes them."""
-    from common.data import DataSpec
-
     checkpoint = load_checkpoint(ckpt_path)
     data = checkpoint_data(cfg, saved_config(cfg, checkpoint, ckpt_path))
     try:
-        datamodule = instantiate(data)
-        if "data_spec" in checkpoint:  # its tokenizer, its normalization
-            datamodule.adopt(DataSpec.from_dict(checkpoint["data_spec"]))
+        datamodule = checkpoint_datamodule(data, checkpoint)
         datamodule.setup("validate")
         batch = next(iter(datamodule.val_dataloader()))
     except UserError as err:

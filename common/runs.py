@@ -279,7 +279,9 @@ def load_checkpoint(path: str) -> dict:
         with warnings.catch_warnings():
             # A compressed checkpoint's int8 tensors: torch warns that their kind is deprecated
             # each time one is read (`common.compress` says so once).
-            warnings.filterwarnings("ignore", message=".*(quantized tensor creation|TypedStorage).*")
+            warnings.filterwarnings(
+                "ignore", message=".*(quantized tensor creation|TypedStorage).*"
+            )
             # mmap: pages are read once, by the digest.
             checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # torch raises several types for truncated or foreign files
@@ -396,6 +398,19 @@ def checkpoint_data(cfg: DictConfig, saved: DictConfig) -> DictConfig:
     if saved is cfg or any(k == "data" or k.startswith("data/") for k in keys):
         return cfg.data
     return with_overrides(cfg, saved, "data", also=["data.data_dir"])
+
+
+def checkpoint_datamodule(data: DictConfig, checkpoint: dict):
+    """The datamodule `data` describes, told what the checkpoint's model learned of its data
+    (its tokenizer, its normalization), so that a token id or a pixel means what it meant."""
+    from hydra.utils import instantiate
+
+    from common.data import DataSpec
+
+    datamodule = instantiate(data)
+    if "data_spec" in checkpoint:
+        datamodule.adopt(DataSpec.from_dict(checkpoint["data_spec"]))
+    return datamodule
 
 
 def checkpoint_model(cfg: DictConfig, saved: DictConfig) -> tuple[DictConfig, list[str]]:

@@ -128,6 +128,7 @@ TIERS = {
     "test_kws_learning": "learning",
     "test_rl_learning": "learning",
     "test_export": "process",
+    "test_compress": "process",
     "test_serve": "process",
     "test_process": "process",
     "test_reliability": "process",

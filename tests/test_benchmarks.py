@@ -86,3 +86,10 @@ def test_serve_benchmark_loads_a_server_and_stops_it(tiny_checkpoint):
         ("onnx", 4),
     ]
     assert all(int(req) > 0 and int(errors) == 0 for _, _, req, errors in rows)
+
+
+def test_quantize_benchmark_times_every_int8_path():
+    result = run(sys.executable, "-m", "benchmarks.quantize", "--calls", "2", "--no-compile")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for path in ("float eager", "FX static int8", "pt2e int8 eager"):
+        assert re.search(rf"^ResNet-10 w16\s+{path}\s+\d+\.\d+\s+\d+\.\d+$", result.stdout, re.M)

@@ -4,6 +4,7 @@ through the commands that read checkpoints."""
 
 import copy
 import math
+import re
 
 import pytest
 import torch
@@ -87,8 +88,16 @@ def trained_mnist(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("trained-mnist")
     words = ["project=mnist", "data.synthetic=true", "model.net.width=16", "logger=csv"]
-    words += ["trainer.max_epochs=1", "trainer.limit_train_batches=80", "trainer.limit_val_batches=1"]
-    words += ["trainer.limit_test_batches=1", "trainer.num_sanity_val_steps=0", "data.batch_size=32"]
+    words += [
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=80",
+        "trainer.limit_val_batches=1",
+    ]
+    words += [
+        "trainer.limit_test_batches=1",
+        "trainer.num_sanity_val_steps=0",
+        "data.batch_size=32",
+    ]
     ckpt, metrics = train_once(tmp, words)
     assert metrics["test/acc"] > 0.5
     datamodule = instantiate(make_config(tmp, words).data)
@@ -98,7 +107,9 @@ def trained_mnist(tmp_path_factory):
 
 def test_static_int8_stays_close_to_the_float_model_and_loads_back(trained_mnist, tmp_path):
     ckpt, batch = trained_mnist
-    out = compress(compress_config(tmp_path, "mnist", ckpt, "method=static", f"output={tmp_path}/s.ckpt"))
+    out = compress(
+        compress_config(tmp_path, "mnist", ckpt, "method=static", f"output={tmp_path}/s.ckpt")
+    )
     cfg = make_config(tmp_path, ["project=mnist", f"ckpt_path={ckpt}"], "predict")
     original = load_trained(cfg, str(ckpt), Compresses, "")
     quantized = load_trained(cfg, str(out), Compresses, "")  # rebuilt from the file
@@ -174,6 +185,9 @@ def test_pruning_refuses_a_net_without_convolutions():
 # --- make compress, every method, end to end ------------------------------------------------------
 
 
+# Every method end to end (in-process, a tiny model): `make test-all`; the quick loop has the
+# static round trip above and the sentiment one.
+@pytest.mark.slow
 @pytest.mark.parametrize("method", [m for m in METHODS if m != "onnx-int8"])
 def test_each_method_writes_a_checkpoint_that_make_eval_scores_as_printed(
     tiny_checkpoint, tmp_path, method, capsys
@@ -183,21 +197,28 @@ def test_each_method_writes_a_checkpoint_that_make_eval_scores_as_printed(
     out = compress(compress_config(tmp_path, "mnist", ckpt, f"method={method}", *extra))
     assert out == ckpt.with_name(f"last.{method}.ckpt")
     printed = capsys.readouterr().out
-    assert f"| mnist | original |" in printed and f"| mnist | {method} |" in printed
+    assert "| mnist | original |" in printed and f"| mnist | {method} |" in printed
     record = load_checkpoint(str(out))["compression"]
     assert record["method"] == method
     words = ["project=mnist", f"ckpt_path={out}", "logger=csv", "trainer.limit_test_batches=4"]
     metrics = evaluate(make_config(tmp_path, words, "eval"))
     assert metrics["test/acc"] == pytest.approx(record["measured"]["compressed"]["acc"], abs=1e-6)
-    if method in ("prune", "distill"):
+    if method in ("prune", "distill"):  # smaller float nets: they export as any checkpoint
         params = record["measured"]
         assert params["compressed"]["params"][0] < params["original"]["params"][0] / 3
+        from common.export import export
+
+        words = ["project=mnist", f"ckpt_path={out}", f"output={tmp_path}/small.onnx"]
+        assert export(make_config(tmp_path, words, "export")).stat().st_size < 200_000
     out.unlink()
 
 
+@pytest.mark.slow
 def test_onnx_int8_writes_a_smaller_graph(tiny_checkpoint, tmp_path, capsys):
     ckpt = tiny_checkpoint("mnist")
-    out = compress(compress_config(tmp_path, "mnist", ckpt, "method=onnx-int8", f"output={tmp_path}/q.onnx"))
+    out = compress(
+        compress_config(tmp_path, "mnist", ckpt, "method=onnx-int8", f"output={tmp_path}/q.onnx")
+    )
     printed = capsys.readouterr().out
     assert "| mnist | onnx fp32 |" in printed and "x smaller" in printed
     import onnx
@@ -207,7 +228,11 @@ def test_onnx_int8_writes_a_smaller_graph(tiny_checkpoint, tmp_path, capsys):
 
 
 def test_the_default_method_follows_the_net(tiny_checkpoint, tmp_path):
-    out = compress(compress_config(tmp_path, "sentiment", tiny_checkpoint("sentiment"), f"output={tmp_path}/d.ckpt"))
+    out = compress(
+        compress_config(
+            tmp_path, "sentiment", tiny_checkpoint("sentiment"), f"output={tmp_path}/d.ckpt"
+        )
+    )
     assert load_checkpoint(str(out))["compression"]["method"] == "dynamic"
 
 
@@ -230,11 +255,29 @@ def test_what_cannot_be_compressed_is_refused(tiny_checkpoint, tmp_path):
     with pytest.raises(UserError, match="cannot be compressed; the projects that can: cifar10"):
         compress(compress_config(tmp_path, "detection", tmp_path / "none.ckpt"))
     with pytest.raises(UserError, match="has none"):  # no convolutions to remove
-        compress(compress_config(tmp_path, "sentiment", tiny_checkpoint("sentiment"), "method=prune", f"output={tmp_path}/p.ckpt"))
+        compress(
+            compress_config(
+                tmp_path,
+                "sentiment",
+                tiny_checkpoint("sentiment"),
+                "method=prune",
+                f"output={tmp_path}/p.ckpt",
+            )
+        )
+
+
+@pytest.mark.slow
+def test_a_compressed_checkpoint_is_not_compressed_again_nor_exported_as_int8(
+    tiny_checkpoint, tmp_path
+):
     ckpt = tiny_checkpoint("mnist")
-    out = compress(compress_config(tmp_path, "mnist", ckpt, "method=static", f"output={tmp_path}/s.ckpt"))
+    out = compress(
+        compress_config(tmp_path, "mnist", ckpt, "method=static", f"output={tmp_path}/s.ckpt")
+    )
     with pytest.raises(UserError, match="already compressed"):
-        compress(compress_config(tmp_path, "mnist", out, "method=static", f"output={tmp_path}/t.ckpt"))
+        compress(
+            compress_config(tmp_path, "mnist", out, "method=static", f"output={tmp_path}/t.ckpt")
+        )
     from common.export import export
 
     words = ["project=mnist", f"ckpt_path={out}", f"output={tmp_path}/s.onnx"]
@@ -257,6 +300,7 @@ def test_the_cubic_schedule_reaches_the_sparsity_through_relative_amounts():
     assert cubic_sparsity(1, 4, 0.8) > 0.8 / 4  # front-loaded
 
 
+@pytest.mark.slow
 def test_magnitude_pruning_leaves_the_checkpoint_sparse(tmp_path):
     from tests.conftest import train_once
 
@@ -278,3 +322,20 @@ def test_magnitude_pruning_leaves_the_checkpoint_sparse(tmp_path):
     zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
     assert zeros == pytest.approx(0.6, abs=0.01)
     assert not any(k.endswith("_mask") or k.endswith("_orig") for k in state)  # plain weights
+
+
+@pytest.mark.slow
+def test_make_compress_then_make_eval_and_a_bad_method(tiny_checkpoint, tmp_path):
+    from tests.test_process import assert_one_readable_error, make
+
+    ckpt = tiny_checkpoint("mnist")
+    out = tmp_path / "small.ckpt"
+    words = ["PROJECT=mnist", f"ckpt_path={ckpt}", "method=prune", f"output={out}", *QUICK]
+    result = make(tmp_path, "compress", *words)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(r"^\| mnist \| prune \| .*x fewer", result.stdout, re.M), result.stdout
+    result = make(tmp_path, "eval", "PROJECT=mnist", f"ckpt_path={out}", "logger=csv")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "test/acc" in result.stdout
+    result = make(tmp_path, "compress", "PROJECT=mnist", f"ckpt_path={ckpt}", "method=gzip")
+    assert_one_readable_error(result, "error: method=gzip is not one of")
