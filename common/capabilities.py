@@ -150,6 +150,10 @@ class Compresses(Protocol):
         """As `Exports`."""
         ...
 
+    def export_inputs(self, batch) -> tuple:
+        """A raw batch (before any batch transform) -> the exported graph's inputs."""
+        ...
+
     def unpack(self, batch) -> tuple[tuple, torch.Tensor]:
         """(inputs to forward, labels) of a batch."""
         ...

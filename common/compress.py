@@ -72,6 +72,7 @@ STRUCTURES = {
     "distill": "float",
 }
 BATCHES = (1, 32)  # the batch sizes latency is measured at
+ROUNDS = 5  # the models take turns this many times while their latency is measured
 
 # torch.ao.quantization warns on every layer that it is deprecated (said once, in the docstring
 # above and in the README, instead).
@@ -172,6 +173,26 @@ def has_conv(net: nn.Module) -> bool:
 # --- structured pruning ----------------------------------------------------------------------------
 
 
+def default_method(model) -> str:
+    """`static` when convolutions hold most of the net's weights (a conv net, not a
+    transformer with a patch convolution) and torch.fx can trace it; `dynamic` otherwise."""
+    weights = [
+        (m, m.weight.numel())
+        for m in model.net.modules()
+        if isinstance(getattr(m, "weight", None), torch.Tensor)
+    ]
+    conv = sum(n for m, n in weights if isinstance(m, nn.modules.conv._ConvNd))
+    if conv <= 0.5 * sum(n for _, n in weights):
+        return "dynamic"
+    from torch.fx import symbolic_trace
+
+    try:
+        symbolic_trace(copy.deepcopy(model.net))
+    except Exception:  # control flow fx cannot follow (a device test, a shape branch)
+        return "dynamic"
+    return "static"
+
+
 def check_prunable(net: nn.Module) -> None:
     if not has_conv(net):
         raise UserError(
@@ -189,14 +210,21 @@ def prune_channels(net: nn.Module, example: tuple, amount: float) -> nn.Module:
 
     check_prunable(net)
     linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
-    pruner = tp.pruner.MagnitudePruner(
-        net.eval(),
-        example,
-        importance=tp.importance.MagnitudeImportance(p=2),
-        pruning_ratio=amount,
-        ignored_layers=linears[-1:],
-    )
-    pruner.step()
+    try:  # tracing the net's dependency graph
+        pruner = tp.pruner.MagnitudePruner(
+            net.eval(),
+            example,
+            importance=tp.importance.MagnitudeImportance(p=2),
+            pruning_ratio=amount,
+            ignored_layers=linears[-1:],
+        )
+        pruner.step()
+    except Exception as err:  # a layer torch-pruning cannot follow (custom attention, say)
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UserError(
+            f"torch-pruning could not prune {type(net).__name__}: {first[:200]} "
+            "(method=distill or method=dynamic shrink it)"
+        ) from err
     return net
 
 
@@ -286,7 +314,20 @@ def rebuild(model, checkpoint: dict) -> None:
     quantized (the values the calibration finds are overwritten by the saved ones) or resized to
     the pruned shapes, as the checkpoint's `compression` record says."""
     record, state = checkpoint["compression"], checkpoint["state_dict"]
-    quiet_deprecations()
+    with warnings.catch_warnings():  # quantizing a fresh net warns per layer (docstring above)
+        quiet_deprecations()
+        rebuild_structure(model, record, state)
+    try:
+        load_portable(model, state)
+    except (RuntimeError, KeyError) as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        why = lines[1] if len(lines) > 1 else lines[0] if lines else type(err).__name__
+        raise UserError(
+            f"the compressed weights ({record['method']}) do not fit the model ({why})"
+        ) from None
+
+
+def rebuild_structure(model, record: dict, state: dict) -> None:
     structure = record["structure"]
     if structure == "dynamic-int8":
         model.net = quantize_dynamic(model.net)
@@ -296,14 +337,6 @@ def rebuild(model, checkpoint: dict) -> None:
         fit_shapes(model, state)
     elif structure != "float":
         raise UserError(f"unknown compression {structure!r}: written by a newer version?")
-    try:
-        load_portable(model, state)
-    except (RuntimeError, KeyError) as err:
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        why = lines[1] if len(lines) > 1 else lines[0] if lines else type(err).__name__
-        raise UserError(
-            f"the compressed weights ({record['method']}) do not fit the model ({why})"
-        ) from None
 
 
 # --- measuring -------------------------------------------------------------------------------------
@@ -390,7 +423,7 @@ class Tuning(L.LightningModule):
             raise UserError("fine-tuning scales the checkpoint's optimizer lr, and it has none")
         optimizer = factory(params=self.student.optimizer_params(), lr=lr * self.lr_scale)
         # Down to zero by the last step: a trained net moved by a constant rate ends wherever the
-        # last steps' noise left it (measured: 1-2 points lower on cifar10).
+        # last steps' noise left it (README, Compress: QAT lost 1.6 more points that way).
         steps = self.trainer.max_steps
         decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": decay, "interval": "step"}}
@@ -425,12 +458,13 @@ def tune(cfg: DictConfig, tuning: Tuning, datamodule, clip: float | None, callba
         num_sanity_val_steps=0,
         gradient_clip_val=clip,
     )
-    warnings.filterwarnings("ignore", message=".*(val_dataloader|validation_step).*")
-    warnings.filterwarnings("ignore", message=".*module.s. in eval mode.*")  # the teacher, on purpose
     tuning.train()  # Lightning keeps the modes it finds: the student trains (dropout, BN stats)
     if tuning.teacher is not None:
         tuning.teacher.eval()  # the teacher answers as it would at test time
-    trainer.fit(tuning, datamodule=datamodule)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(val_dataloader|validation_step).*")
+        warnings.filterwarnings("ignore", message=".*module.s. in eval mode.*")  # the teacher
+        trainer.fit(tuning, datamodule=datamodule)
 
 
 def test_accuracy(model: L.LightningModule, datamodule, cfg: DictConfig) -> float:
@@ -526,6 +560,17 @@ def pruned_model(model, datamodule, cfg: DictConfig, clip):
     return model.eval()
 
 
+def check_student(teacher, student_cfg) -> None:
+    """A UserError unless the student the overrides describe is smaller than its teacher."""
+    student = instantiate_model(student_cfg)
+    sizes = [sum(p.numel() for p in m.net.parameters()) for m in (teacher, student)]
+    if sizes[1] >= sizes[0]:
+        raise UserError(
+            f"the student ({sizes[1]:,} parameters) is not smaller than its teacher "
+            f"({sizes[0]:,}): make it so with model.<key>= overrides (e.g. model.net.width=8)"
+        )
+
+
 def distilled_model(teacher, student_cfg, datamodule, cfg: DictConfig, clip, alone=False):
     """A student built from `student_cfg`, trained `steps` steps from scratch with its own
     optimizer and schedule: on the teacher's soft targets, or (`alone`) on the labels only."""
@@ -553,12 +598,10 @@ def onnx_int8(model, datamodule, cfg: DictConfig, path: Path, conv: bool) -> tup
         quantize_static,
     )
 
-    from common.export import load_onnx, write_onnx
+    from common.export import DEFAULT_MAX_BATCH, load_onnx, trace, write
 
     spec = model.export_spec()
-    program = torch.export.export(
-        spec.module, spec.examples, dynamic_shapes=spec.dynamic_shapes(64)
-    )
+    program = trace(spec, DEFAULT_MAX_BATCH["onnx"])
     names = [t.name for t in spec.inputs]
 
     def graph_inputs(batch) -> tuple:  # a raw batch -> the graph's inputs, padded as it takes them
@@ -576,7 +619,7 @@ def onnx_int8(model, datamodule, cfg: DictConfig, path: Path, conv: bool) -> tup
 
     with TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
-        write_onnx(spec, program, fp32)
+        write("onnx", spec, program, fp32)
         graph = onnx.load(str(fp32))
         # The exporter's shape annotations pin intermediate sizes the quantizer then trips over.
         del graph.graph.value_info[:]
@@ -599,6 +642,10 @@ def onnx_int8(model, datamodule, cfg: DictConfig, path: Path, conv: bool) -> tup
                 )
             else:
                 quantize_dynamic(str(cleared), str(path), weight_type=QuantType.QInt8)
+        except Exception as err:  # an op the quantizer cannot handle: one line, no half file
+            path.unlink(missing_ok=True)
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise UserError(f"onnxruntime could not quantize the graph: {first[:300]}") from err
         finally:
             root.setLevel(level)
         files = {"onnx fp32": fp32, cfg.method: path}
@@ -626,8 +673,9 @@ def onnx_params(path: Path) -> tuple[int, float]:
     from onnx import numpy_helper
 
     arrays = [numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer]
-    total = sum(a.size for a in arrays if a.dtype.kind in "fiu" and a.ndim > 0)
-    return total, 0.0
+    # Weights as `count` counts them: float and 8-bit tensors, not int64 shapes or zero points.
+    stored = [a for a in arrays if a.ndim > 0 and (a.dtype.kind == "f" or a.dtype.itemsize == 1)]
+    return sum(a.size for a in stored), 0.0
 
 
 # --- the command -----------------------------------------------------------------------------------
@@ -639,7 +687,7 @@ def sizes(model) -> dict:
     return {"params": count(state), "mb": serialized_mb(state)}
 
 
-def latencies(runs: dict, example: tuple, cfg: DictConfig, rounds: int = 5) -> dict:
+def latencies(runs: dict, example: tuple, cfg: DictConfig, rounds: int = ROUNDS) -> dict:
     """{label: {"b1": ms, "b32": ms}}: the median over `repeats` calls of each run at each of
     `BATCHES`, with `threads` threads. The runs take turns, `rounds` times, so that a slow
     stretch of a shared machine falls on all of them rather than on one."""
@@ -693,6 +741,12 @@ SETTINGS = ("steps", "lr_scale", "calibration_batches", "amount", "recover", "te
 
 def check_settings(cfg: DictConfig) -> None:
     """A UserError for a setting no method can use, before any file is read."""
+
+    def number(key: str, ok, bounds: str, what: str) -> None:
+        value = cfg[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not ok(value):
+            raise UserError(f"{key}={value} ({what}) must be a number {bounds}")
+
     if cfg.method is not None and cfg.method not in METHODS:
         raise UserError(f"method={cfg.method} is not one of {', '.join(METHODS)}")
     if cfg.device != "cpu":
@@ -701,10 +755,20 @@ def check_settings(cfg: DictConfig) -> None:
         value, low = cfg[key], 0 if key == "steps" else 1
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise UserError(f"{key}={value} must be a whole number >= {low}")
+    if cfg.method in ("qat", "distill") and cfg.steps < 2:
+        # QAT's activation ranges are observed while it trains (and frozen halfway).
+        raise UserError(f"method={cfg.method} trains: steps={cfg.steps} must be at least 2")
+    tests = cfg.test_batches
+    if tests is not None and (not isinstance(tests, int) or isinstance(tests, bool) or tests < 1):
+        raise UserError(f"test_batches={tests} must be a whole number >= 1, or null (all)")
     if cfg.recover not in ("labels", "distill"):
         raise UserError(f"recover={cfg.recover} is not one of labels, distill")
-    if not 0 < cfg.amount < 1:
-        raise UserError(f"amount={cfg.amount}: the fraction of channels to remove, in (0, 1)")
+    if not isinstance(cfg.compare, bool):
+        raise UserError(f"compare={cfg.compare} must be true or false")
+    number("amount", lambda v: 0 < v < 1, "in (0, 1)", "the fraction of channels removed")
+    number("alpha", lambda v: 0 <= v <= 1, "in [0, 1]", "the weight of the soft targets")
+    number("temperature", lambda v: v > 0, "> 0", "what softens the logits")
+    number("lr_scale", lambda v: v > 0, "> 0", "a fraction of the checkpoint's learning rate")
     if cfg.method == "distill" and not any(k.startswith("model.") for k in typed_keys()):
         raise UserError(
             "method=distill trains a smaller student: say how with model.<key>= overrides of "
@@ -767,15 +831,26 @@ def compress(cfg: DictConfig) -> Path:
     model_cfg, changed = checkpoint_model(cfg, saved)
     method = cfg.method
     L.seed_everything(cfg.seed, verbose=False)
-    teacher_cfg = saved.model if saved is not cfg else cfg.model
-    model = instantiate_model(teacher_cfg if method == "distill" else model_cfg)
+    if method == "distill" and saved is cfg:
+        raise UserError(
+            f"{ckpt} carries no config (an older checkpoint): method=distill needs the teacher's "
+            "own config beside the student's overrides; retrain with this repo's make train"
+        )
+    model = instantiate_model(saved.model if method == "distill" else model_cfg)
     require(model, Compresses, cfg.name, "be compressed")
     load_weights(model, checkpoint, [] if method == "distill" else changed)
     model.on_load_checkpoint(checkpoint)  # its data spec
     model.eval()
-    method = method or ("static" if has_conv(model.net) else "dynamic")
+    if method is None:
+        method = default_method(model)
+        print(
+            f"method={method} (method=null: static int8 for nets mostly of convolutions that "
+            "torch.fx can trace, dynamic int8 otherwise)"
+        )
     if method == "prune":
         check_prunable(model.net)
+    if method == "distill":
+        check_student(model, model_cfg)
     suffix = ".onnx" if method == "onnx-int8" else ".ckpt"
     name = f"{ckpt.stem}.int8.onnx" if method == "onnx-int8" else f"{ckpt.stem}.{method}.ckpt"
     path = output_beside(cfg, ckpt, name, suffix)
@@ -819,7 +894,8 @@ def compress(cfg: DictConfig) -> Path:
             path, checkpoint, model, record, model_cfg if method == "distill" else None
         )
 
-    print(f"{cfg.threads} thread(s), the median of {cfg.repeats} calls; accuracy on the test split")
+    calls = ROUNDS * max(1, cfg.repeats // ROUNDS)
+    print(f"{cfg.threads} thread(s), the median of {calls} calls; accuracy on the test split")
     print(HEADER)
     print(row(cfg.name, baseline, figures[baseline]))
     for label in [*others, method]:

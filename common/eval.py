@@ -58,6 +58,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     model_cfg, changed = checkpoint_model(cfg, saved)
     from_checkpoint = data is not cfg.data
     cfg.data, cfg.model = data, model_cfg  # so the run's config.yaml says what was tested
+    compressed = checkpoint.get("compression")
+    if compressed and compressed["structure"].endswith("int8"):
+        cfg.trainer.accelerator, cfg.trainer.devices = "cpu", 1  # torch's int8 kernels: CPU ones
     if cfg.get("print_config"):
         print_config_tree(cfg)
     save_run_files(cfg, cfg.paths.output_dir)
@@ -69,9 +72,6 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         rank_zero_info(f"applied to the checkpoint's model: {', '.join(changed)}")
     rank_zero_info(describe_data(cfg.data, from_checkpoint))
     callbacks = [*instantiate_callbacks(cfg), RunNotes()]
-    compressed = checkpoint.get("compression")
-    if compressed and compressed["structure"].endswith("int8"):
-        cfg.trainer.accelerator = "cpu"  # torch's int8 kernels are CPU kernels
     trainer = instantiate_trainer(cfg, callbacks=callbacks, logger=instantiate_loggers(cfg))
     signals.watch(trainer)
     # Testing needs none of the callbacks that wrote the checkpoint; Lightning asks for them.

@@ -305,6 +305,39 @@ def real_inputs(cfg: DictConfig, model, spec: ExportSpec, ckpt_path: str, n: int
     return spec.collate(list(zip(*inputs, strict=True)))  # padded as the graph takes them
 
 
+def trace(spec: ExportSpec, max_batch: int) -> torch.export.ExportedProgram:
+    """`spec.module` traced by torch.export with its dynamic dimensions; a UserError (one line)
+    for a net it cannot trace."""
+    try:
+        return torch.export.export(
+            spec.module, spec.examples, dynamic_shapes=spec.dynamic_shapes(max_batch)
+        )
+    except Exception as err:  # say which net, not 200 lines
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(
+            f"torch.export could not trace {type(spec.module).__name__}: {first}"
+        ) from err
+
+
+def write(fmt: str, spec: ExportSpec, program: torch.export.ExportedProgram, path: Path) -> None:
+    """The traced program written as `fmt`; a UserError (and no file) for an op the format
+    cannot hold."""
+    try:
+        if fmt == "onnx":
+            write_onnx(spec, program, path)
+        elif fmt == "pt2":
+            torch.export.save(program, str(path))
+        else:
+            write_executorch(program, path)
+    except Exception as err:  # say which, not 200 lines
+        path.unlink(missing_ok=True)
+        lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+        raise UserError(
+            f"{fmt} cannot hold {type(spec.module).__name__}: {type(err).__name__}: "
+            + " ".join(lines[:3])
+        ) from err
+
+
 def export(cfg: DictConfig) -> Path:
     """Export the checkpoint `cfg.ckpt_path` as `cfg.format`; return the written file's path."""
     fmt = cfg.format
@@ -339,29 +372,7 @@ def export(cfg: DictConfig) -> Path:
     if on_data:
         checks.append(real_inputs(cfg, model, spec, str(ckpt_path), n=min(8, max_batch)))
     start = time.perf_counter()
-    try:
-        program = torch.export.export(
-            spec.module, spec.examples, dynamic_shapes=spec.dynamic_shapes(max_batch)
-        )
-    except Exception as err:  # a net torch.export cannot trace: say which, not 200 lines
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(
-            f"torch.export could not trace {type(spec.module).__name__}: {first}"
-        ) from err
-    try:
-        if fmt == "onnx":
-            write_onnx(spec, program, path)
-        elif fmt == "pt2":
-            torch.export.save(program, str(path))
-        else:
-            write_executorch(program, path)
-    except Exception as err:  # an op the format cannot hold: say which, not 200 lines
-        path.unlink(missing_ok=True)
-        lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
-        raise UserError(
-            f"{fmt} cannot hold {type(spec.module).__name__}: {type(err).__name__}: "
-            + " ".join(lines[:3])
-        ) from err
+    write(fmt, spec, trace(spec, max_batch), path)
     try:
         worst = check_parity(spec, LOADERS[fmt](path), checks)
     except Exception:

@@ -74,6 +74,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if ckpt_path:
         resumed = load_checkpoint(ckpt_path)
         saved_config(cfg, resumed, ckpt_path)  # refuses another project's checkpoint
+        if "compression" in resumed:
+            raise UserError(
+                f"{ckpt_path} was written by make compress ({resumed['compression']['method']}): "
+                "it is for make eval, predict and serve; train from the checkpoint it came from"
+            )
         saved_spec = resumed.get("data_spec")
     save_run_files(cfg, run_dir)
 

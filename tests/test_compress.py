@@ -2,7 +2,6 @@
 pruning, distillation, and magnitude pruning while training; the compressed checkpoints load back
 through the commands that read checkpoints."""
 
-import copy
 import math
 import re
 
@@ -10,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from common.callbacks.pruning import MagnitudePruning, cubic_sparsity
+from common.callbacks.pruning import cubic_sparsity, next_amount
 from common.capabilities import Compresses, projects_with
 from common.compress import (
     METHODS,
@@ -29,7 +28,7 @@ from common.predict import load_trained
 from common.runs import load_checkpoint
 from projects.cifar10.nets import ResNet
 from projects.mnist.nets import ConvNet
-from tests.conftest import make_config
+from tests.conftest import TINY, make_config
 
 # A tiny run's settings: few fine-tuning steps, few timed calls.
 QUICK = ["steps=3", "repeats=2", "calibration_batches=2", "test_batches=4"]
@@ -53,25 +52,27 @@ def test_the_classifiers_can_be_compressed():
 
 
 def test_distillation_loss_is_the_hand_computed_kl_and_cross_entropy():
-    student = torch.tensor([[1.0, 2.0, 0.5]])
-    teacher = torch.tensor([[3.0, -1.0, 0.0]])
-    label = torch.tensor([1])
+    student = torch.tensor([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]])
+    teacher = torch.tensor([[3.0, -1.0, 0.0], [0.5, 0.5, 2.0]])
+    labels = torch.tensor([1, 2])
     T, alpha = 2.0, 0.7
 
-    def softmax(xs):
-        e = [math.exp(x / T) for x in xs]
+    def softmax(xs, t=1.0):
+        e = [math.exp(x / t) for x in xs]
         return [v / sum(e) for v in e]
 
-    p, q = softmax([3.0, -1.0, 0.0]), softmax([1.0, 2.0, 0.5])
-    kl = sum(pi * math.log(pi / qi) for pi, qi in zip(p, q, strict=True))
-    e = [math.exp(x) for x in (1.0, 2.0, 0.5)]
-    ce = -math.log(e[1] / sum(e))
-    expected = alpha * T * T * kl + (1 - alpha) * ce
-    got = distillation_loss(student, teacher, label, T, alpha).item()
+    kls, ces = [], []
+    for s_row, t_row, y in zip(student.tolist(), teacher.tolist(), labels.tolist(), strict=True):
+        p, q = softmax(t_row, T), softmax(s_row, T)
+        kls.append(sum(pi * math.log(pi / qi) for pi, qi in zip(p, q, strict=True)))
+        ces.append(-math.log(softmax(s_row)[y]))
+    # Both terms are means over the batch; the soft one is scaled by T^2.
+    expected = alpha * T * T * sum(kls) / 2 + (1 - alpha) * sum(ces) / 2
+    got = distillation_loss(student, teacher, labels, T, alpha).item()
     assert got == pytest.approx(expected, rel=1e-5)
-    # alpha=0: the labels alone; a student equal to its teacher: no soft loss.
-    assert distillation_loss(student, teacher, label, T, 0.0).item() == pytest.approx(ce, rel=1e-5)
-    assert distillation_loss(teacher, teacher, label, T, 1.0).item() == pytest.approx(0, abs=1e-6)
+    ce = sum(ces) / 2  # alpha=0: the labels alone; a student equal to its teacher: no soft loss
+    assert distillation_loss(student, teacher, labels, T, 0.0).item() == pytest.approx(ce, rel=1e-5)
+    assert distillation_loss(teacher, teacher, labels, T, 1.0).item() == pytest.approx(0, abs=1e-6)
 
 
 # --- quantization ------------------------------------------------------------------------------
@@ -136,11 +137,31 @@ def test_dynamic_int8_lstm_saves_in_safe_tensors_and_reloads_exactly(tiny_checkp
     lengths = torch.tensor([20, 3, 7, 20, 12, 1, 9, 15])
     with torch.inference_mode():
         a, b = original(tokens, lengths), quantized(tokens, lengths)
-        again = copy.deepcopy(quantized)
-        load_portable(again, portable_state(quantized))
-        assert torch.equal(again(tokens, lengths), b)
+        # Into a fresh model quantized from other float weights: only the saved ones can match.
+        fresh = load_trained(cfg, str(ckpt), Compresses, "")
+        torch.nn.init.normal_(fresh.net.encoder.rnn.weight_ih_l0)
+        fresh.net = quantize_dynamic(fresh.net)
+        assert not torch.equal(fresh(tokens, lengths), b)
+        load_portable(fresh, portable_state(quantized))
+        assert torch.equal(fresh(tokens, lengths), b)
     spread = a.max() - a.min()
     assert (a - b).abs().mean() <= 0.02 * spread and (a - b).abs().max() <= 0.1 * spread
+
+
+def test_the_digest_covers_per_channel_int8_weights_and_their_scales():
+    conv = torch.randn(4, 3, 3, 3)
+    scales, zeros = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64), torch.zeros(4).long()
+    weight = torch.quantize_per_channel(conv, scales, zeros, 0, torch.qint8)
+    before = digest({"w": weight})
+    other_scale = torch.quantize_per_channel(conv, scales * 1.01, zeros, 0, torch.qint8)
+    assert digest({"w": other_scale}) != before
+    values = weight.int_repr().clone()
+    values[0, 0, 0, 0] += 1
+    changed = torch._make_per_channel_quantized_tensor(values, scales, zeros, 0)
+    assert digest({"w": changed}) != before
+    # An embedding's 8-bit rows: per-row float scales and zero points.
+    rows = quantize_dynamic(nn.Sequential(nn.Embedding(10, 4)))[0]
+    assert len(digest({"e": rows.state_dict()})) == 64
 
 
 def test_a_changed_int8_weight_fails_the_checkpoint_digest():
@@ -244,6 +265,12 @@ def test_the_default_method_follows_the_net(tiny_checkpoint, tmp_path):
         (["method=prune", "amount=1.5"], "amount=1.5"),
         (["device=cuda"], "device=cuda"),
         (["steps=-1"], "steps=-1 must be a whole number >= 0"),
+        (["method=qat", "steps=1"], "method=qat trains: steps=1 must be at least 2"),
+        (["test_batches=0"], "test_batches=0 must be a whole number >= 1"),
+        (["alpha=2"], r"alpha=2 \(the weight of the soft targets\) must be a number in \[0, 1\]"),
+        (["temperature=0"], "temperature=0"),
+        (["compare=maybe"], "compare=maybe must be true or false"),
+        (["method=distill", "model.net.width=64"], "is not smaller than its teacher"),
     ],
 )
 def test_bad_settings_are_one_clear_error(tiny_checkpoint, tmp_path, words, message):
@@ -288,16 +315,25 @@ def test_a_compressed_checkpoint_is_not_compressed_again_nor_exported_as_int8(
 # --- magnitude pruning while training -------------------------------------------------------------
 
 
-def test_the_cubic_schedule_reaches_the_sparsity_through_relative_amounts():
-    callback = MagnitudePruning(sparsity=0.8)
-    callback.steps = 4
-    remaining = 1.0
-    for epoch in range(6):
-        remaining *= 1 - callback.amount_at(epoch)
-        expected = cubic_sparsity(min(epoch + 1, 4), 4, 0.8)
-        assert 1 - remaining == pytest.approx(expected)
-    assert 1 - remaining == pytest.approx(0.8)
-    assert cubic_sparsity(1, 4, 0.8) > 0.8 / 4  # front-loaded
+@pytest.mark.parametrize("resumed_after", [None, 1])
+def test_the_cubic_schedule_reaches_its_sparsity_with_masks_and_after_a_resume(resumed_after):
+    from torch.nn.utils import prune
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(50, 40), nn.Linear(40, 30))
+    layers = [(m, "weight") for m in net]
+    steps, final = 4, 0.8
+    for step in range(1, steps + 1):
+        masks = [m.weight_mask for m in net if hasattr(m, "weight_mask")]
+        masked = sum(int((k == 0).sum()) for k in masks) / (50 * 40 + 40 * 30)
+        target = cubic_sparsity(step, steps, final)
+        prune.global_unstructured(layers, prune.L1Unstructured, amount=next_amount(target, masked))
+        zeros = sum(int((m.weight == 0).sum()) for m in net) / (50 * 40 + 40 * 30)
+        assert zeros == pytest.approx(target, abs=1e-3)
+        if step == resumed_after:  # a checkpoint holds zeros, not masks
+            for m in net:
+                prune.remove(m, "weight")
+    assert cubic_sparsity(1, steps, final) > final / steps  # front-loaded
 
 
 @pytest.mark.slow
@@ -339,3 +375,34 @@ def test_make_compress_then_make_eval_and_a_bad_method(tiny_checkpoint, tmp_path
     assert "test/acc" in result.stdout
     result = make(tmp_path, "compress", "PROJECT=mnist", f"ckpt_path={ckpt}", "method=gzip")
     assert_one_readable_error(result, "error: method=gzip is not one of")
+
+
+def test_a_compressed_checkpoint_does_not_resume_training(tiny_checkpoint, tmp_path):
+    from common.train import train
+
+    out = compress(
+        compress_config(
+            tmp_path,
+            "mnist",
+            tiny_checkpoint("mnist"),
+            "method=dynamic",
+            f"output={tmp_path}/d.ckpt",
+        )
+    )
+    cfg = make_config(tmp_path, ["project=mnist", "data.synthetic=true", f"ckpt_path={out}"])
+    with pytest.raises(UserError, match="written by make compress"):
+        train(cfg)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("project", sorted(set(TINY) & set(projects_with(Compresses))))
+def test_every_compressible_project_compresses_with_its_default_method(
+    tiny_checkpoint, tmp_path, project
+):
+    out = compress(compress_config(tmp_path, project, tiny_checkpoint(project)))
+    method = load_checkpoint(str(out))["compression"]["method"]
+    # Nets of convolutions that torch.fx traces get static int8; the ViT (a patch convolution,
+    # then linear layers) and the keyword spotter (its front end branches on the device) dynamic.
+    assert method == ("static" if project in ("mnist", "cifar10") else "dynamic")
+    words = [f"project={project}", f"ckpt_path={out}", "logger=csv", "trainer.limit_test_batches=1"]
+    assert "test/acc" in evaluate(make_config(tmp_path, words, "eval"))
