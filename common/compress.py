@@ -673,7 +673,7 @@ def onnx_params(path: Path) -> tuple[int, float]:
     from onnx import numpy_helper
 
     arrays = [numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer]
-    # Weights as `count` counts them: float and 8-bit tensors, not int64 shapes or zero points.
+    # As `count` counts: float and 8-bit tensors (weights, 8-bit zero points), not int64 shapes.
     stored = [a for a in arrays if a.ndim > 0 and (a.dtype.kind == "f" or a.dtype.itemsize == 1)]
     return sum(a.size for a in stored), 0.0
 
