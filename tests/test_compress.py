@@ -146,6 +146,7 @@ def test_dynamic_int8_lstm_saves_in_safe_tensors_and_reloads_exactly(tiny_checkp
         assert torch.equal(fresh(tokens, lengths), b)
     spread = a.max() - a.min()
     assert (a - b).abs().mean() <= 0.02 * spread and (a - b).abs().max() <= 0.1 * spread
+    out.unlink()  # beside the session's shared checkpoint: leave it as found
 
 
 def test_the_digest_covers_per_channel_int8_weights_and_their_scales():
@@ -399,7 +400,8 @@ def test_a_compressed_checkpoint_does_not_resume_training(tiny_checkpoint, tmp_p
 def test_every_compressible_project_compresses_with_its_default_method(
     tiny_checkpoint, tmp_path, project
 ):
-    out = compress(compress_config(tmp_path, project, tiny_checkpoint(project)))
+    ckpt = tiny_checkpoint(project)  # shared by the session: the output goes elsewhere
+    out = compress(compress_config(tmp_path, project, ckpt, f"output={tmp_path}/default.ckpt"))
     method = load_checkpoint(str(out))["compression"]["method"]
     # Nets of convolutions that torch.fx traces get static int8; the ViT (a patch convolution,
     # then linear layers) and the keyword spotter (its front end branches on the device) dynamic.
