@@ -1,7 +1,7 @@
 """Compress a trained classifier: `make compress PROJECT=<name> ckpt_path=<file|last> method=...`.
 
-Methods, one per family of compression (`method=null` picks `static` for nets with
-convolutions and `dynamic` for the others):
+Methods, by family of compression (`method=null` picks `static` for nets made mostly of
+convolutions that torch.fx can trace, `dynamic` for the others: `default_method`):
 
 - `dynamic`: int8 weights for Linear, LSTM and GRU layers, activations quantized on the fly at
   each call; embeddings' rows stored as 8-bit too. No data needed.
@@ -19,15 +19,16 @@ convolutions and `dynamic` for the others):
   for conv nets, dynamic otherwise).
 
 Why torch.ao's eager/FX quantization, which warns that it will be removed: on x86 CPUs without
-VNNI it is still the only int8 path here that is faster than float (`README.md`, Compression).
+VNNI it is still the only int8 path here that is faster than float (`README.md`, Compress;
+`benchmarks/quantize.py` measures its successor, torch.export + pt2e, against it).
 
 The compressed model is written beside the checkpoint as `<stem>.<method>.ckpt`: the
 checkpoint's config and data spec, the compressed weights (without optimizer state) and a
 `compression` record saying how to rebuild the structure they fit, so `make eval`, `make predict`
 and `make serve backend=torch` load it like any checkpoint (`rebuild`), and `make export` where
 the format can hold it (pruned and distilled models: yes; int8 ones: no). `onnx-int8` writes
-`<stem>.int8.onnx`. Then one table row: parameters, size, CPU latency at batch 1 and 32 and test
-accuracy, each beside the original's.
+`<stem>.int8.onnx`. Then a table row per model: parameters, size, CPU latency at batch 1 and 32
+and test accuracy, each beside the original's.
 """
 
 import copy
