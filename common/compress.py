@@ -49,7 +49,7 @@ from torch import nn
 
 from common.capabilities import Compresses, require, require_project
 from common.entry import entry
-from common.errors import UserError
+from common.errors import UserError, first_line, weights_mismatch
 from common.instantiate import instantiate_model
 from common.integrity import KEY, digest
 from common.predict import checkpoint_path, output_beside
@@ -144,10 +144,9 @@ def prepare_static(net: nn.Module, example: tuple, qat: bool = False) -> nn.Modu
             return prepare_qat_fx(net.train(), get_default_qat_qconfig_mapping("x86"), example)
         return prepare_fx(net.eval(), get_default_qconfig_mapping("x86"), example)
     except Exception as err:  # control flow FX cannot trace (a data-dependent branch, say)
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise UserError(
             f"static int8 traces the net with torch.fx, which fails on {type(net).__name__}: "
-            f"{first[:200]} (method=dynamic quantizes without tracing)"
+            f"{first_line(err)[:200]} (method=dynamic quantizes without tracing)"
         ) from err
 
 
@@ -188,7 +187,7 @@ def default_method(model) -> str:
     from torch.fx import symbolic_trace
 
     try:
-        symbolic_trace(copy.deepcopy(model.net))
+        symbolic_trace(model.net)  # reads the net, changes nothing
     except Exception:  # control flow fx cannot follow (a device test, a shape branch)
         return "dynamic"
     return "static"
@@ -221,9 +220,8 @@ def prune_channels(net: nn.Module, example: tuple, amount: float) -> nn.Module:
         )
         pruner.step()
     except Exception as err:  # a layer torch-pruning cannot follow (custom attention, say)
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise UserError(
-            f"torch-pruning could not prune {type(net).__name__}: {first[:200]} "
+            f"torch-pruning could not prune {type(net).__name__}: {first_line(err)[:200]} "
             "(method=distill or method=dynamic shrink it)"
         ) from err
     return net
@@ -310,6 +308,13 @@ def example_inputs(record: dict) -> tuple:
     )
 
 
+def int8_method(checkpoint: dict) -> str | None:
+    """The `make compress` method when the checkpoint holds torch.ao's int8 layers (CPU
+    kernels that torch.export cannot trace), else None."""
+    record = checkpoint.get("compression") or {}
+    return record["method"] if record.get("structure", "").endswith("int8") else None
+
+
 def rebuild(model, checkpoint: dict) -> None:
     """Make a freshly built `model` fit a compressed checkpoint's weights, and load them: the net
     quantized (the values the calibration finds are overwritten by the saved ones) or resized to
@@ -321,10 +326,9 @@ def rebuild(model, checkpoint: dict) -> None:
     try:
         load_portable(model, state)
     except (RuntimeError, KeyError) as err:
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        why = lines[1] if len(lines) > 1 else lines[0] if lines else type(err).__name__
         raise UserError(
-            f"the compressed weights ({record['method']}) do not fit the model ({why})"
+            f"the compressed weights ({record['method']}) do not fit the model "
+            f"({weights_mismatch(err)})"
         ) from None
 
 
@@ -484,9 +488,7 @@ def first_batch(datamodule, split: str):
 
 def batches(datamodule, n: int):
     """Up to n training batches, transferred (normalized, not augmented: no trainer is fitting)."""
-    for i, batch in enumerate(datamodule.train_dataloader()):
-        if i == n:
-            return
+    for batch in itertools.islice(datamodule.train_dataloader(), n):
         yield datamodule.on_after_batch_transfer(batch, 0)
 
 
@@ -645,8 +647,9 @@ def onnx_int8(model, datamodule, cfg: DictConfig, path: Path, conv: bool) -> tup
                 quantize_dynamic(str(cleared), str(path), weight_type=QuantType.QInt8)
         except Exception as err:  # an op the quantizer cannot handle: one line, no half file
             path.unlink(missing_ok=True)
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise UserError(f"onnxruntime could not quantize the graph: {first[:300]}") from err
+            raise UserError(
+                f"onnxruntime could not quantize the graph: {first_line(err)[:300]}"
+            ) from err
         finally:
             root.setLevel(level)
         files = {"onnx fp32": fp32, cfg.method: path}
@@ -817,7 +820,6 @@ def write_compressed(path: Path, checkpoint: dict, model, record: dict, student_
 def compress(cfg: DictConfig) -> Path:
     """Compress the checkpoint `cfg.ckpt_path` with `cfg.method`; print the table; return the
     written file."""
-    quiet_deprecations()
     check_settings(cfg)
     require_project(cfg.name, Compresses, "be compressed")  # before any file is looked at
     ckpt = Path(checkpoint_path(cfg))
@@ -907,6 +909,7 @@ def compress(cfg: DictConfig) -> Path:
 
 @entry("compress")
 def main(cfg: DictConfig) -> None:
+    quiet_deprecations()  # this process's own filters: said once in the docstring instead
     compress(cfg)
 
 

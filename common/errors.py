@@ -17,3 +17,16 @@ def user_message(err: BaseException) -> str:
     ):
         err = cause
     return " ".join(str(err).split())  # Lightning's messages span lines
+
+
+def first_line(err: BaseException) -> str:
+    """An exception's first non-empty line (its type's name when it has no message): what a
+    UserError wrapping a library's failure quotes, rather than 200 lines."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+def weights_mismatch(err: BaseException) -> str:
+    """The first mismatch of torch's load_state_dict error (one per line, after a header)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return (lines[1] if len(lines) > 1 else first_line(err)).rstrip(".")

@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from common import console, signals
 from common.callbacks import RunNotes
+from common.compress import int8_method
 from common.entry import entry
 from common.errors import UserError
 from common.instantiate import (
@@ -58,8 +59,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     model_cfg, changed = checkpoint_model(cfg, saved)
     from_checkpoint = data is not cfg.data
     cfg.data, cfg.model = data, model_cfg  # so the run's config.yaml says what was tested
-    compressed = checkpoint.get("compression")
-    if compressed and compressed["structure"].endswith("int8"):
+    compressed = "compression" in checkpoint  # written by make compress
+    if int8_method(checkpoint):
         cfg.trainer.accelerator, cfg.trainer.devices = "cpu", 1  # torch's int8 kernels: CPU ones
     if cfg.get("print_config"):
         print_config_tree(cfg)

@@ -27,7 +27,7 @@ from torch import nn
 
 from common.capabilities import Exports, require_project
 from common.entry import entry
-from common.errors import UserError
+from common.errors import UserError, first_line
 from common.predict import checkpoint_path, load_trained, output_beside
 from common.runs import checkpoint_data, checkpoint_datamodule, load_checkpoint, saved_config
 
@@ -271,8 +271,9 @@ def check_parity(spec: ExportSpec, run, inputs: list[tuple]) -> float:
                 exported = run(*args)
             except Exception as err:  # a runtime refusing a size it was exported for
                 shapes = ", ".join(str(tuple(x.shape)) for x in args)
-                first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-                raise UserError(f"the exported graph fails on inputs {shapes}: {first}") from err
+                raise UserError(
+                    f"the exported graph fails on inputs {shapes}: {first_line(err)}"
+                ) from err
             for ours, theirs in zip(eager, exported, strict=True):
                 if ours.shape != theirs.shape:
                     raise UserError(
@@ -313,9 +314,8 @@ def trace(spec: ExportSpec, max_batch: int) -> torch.export.ExportedProgram:
             spec.module, spec.examples, dynamic_shapes=spec.dynamic_shapes(max_batch)
         )
     except Exception as err:  # say which net, not 200 lines
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(
-            f"torch.export could not trace {type(spec.module).__name__}: {first}"
+            f"torch.export could not trace {type(spec.module).__name__}: {first_line(err)}"
         ) from err
 
 
@@ -352,10 +352,11 @@ def export(cfg: DictConfig) -> Path:
     if fmt == "executorch" and (why := edge_missing()):
         raise UserError(why)
     ckpt_path = Path(checkpoint_path(cfg))
-    compressed = load_checkpoint(str(ckpt_path)).get("compression", {})
-    if compressed.get("structure", "").endswith("int8"):
+    from common.compress import int8_method  # (it imports this module)
+
+    if method := int8_method(load_checkpoint(str(ckpt_path))):
         raise UserError(
-            f"{ckpt_path} holds torch's int8 layers (make compress method={compressed['method']}), "
+            f"{ckpt_path} holds torch's int8 layers (make compress method={method}), "
             "which torch.export cannot trace: export the float checkpoint it came from, or make "
             "compress method=onnx-int8 for an int8 ONNX graph"
         )

@@ -81,7 +81,9 @@ def load_trained(
     load_weights(model, checkpoint, changed)
     model.on_load_checkpoint(checkpoint)  # what the model keeps beside its weights: its data spec
     device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else cfg.device
-    if checkpoint.get("compression", {}).get("structure", "").endswith("int8"):
+    from common.compress import int8_method  # (it imports this module)
+
+    if int8_method(checkpoint):
         device = "cpu"  # torch's int8 kernels are CPU kernels
     return model.to("cpu" if device == "auto" else device).eval()
 

@@ -19,7 +19,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zer
 from omegaconf import DictConfig, OmegaConf
 
 from common.data.files import atomic_write
-from common.errors import UserError
+from common.errors import UserError, first_line, weights_mismatch
 from common.integrity import unsafe_message, verify
 from common.resolvers import REPO_ROOT
 
@@ -288,9 +288,8 @@ def load_checkpoint(path: str) -> dict:
         unsafe = unsafe_message(err, path)
         if unsafe:
             raise UserError(unsafe) from None
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(
-            f"cannot load checkpoint {path}: {first_line}. Is it a Lightning .ckpt written by "
+            f"cannot load checkpoint {path}: {first_line(err)}. Is it a Lightning .ckpt written by "
             "this repo's `make train`?"
         ) from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
@@ -443,11 +442,7 @@ def load_weights(model, checkpoint: dict, changed: list[str]) -> None:
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except (RuntimeError, KeyError) as err:
-        # torch lists every mismatch, one per line after a header: the first says enough.
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        why = (lines[1] if len(lines) > 1 else lines[0] if lines else type(err).__name__).rstrip(
-            "."
-        )
+        why = weights_mismatch(err)  # the first mismatch says enough
         if changed:
             raise UserError(
                 f"{', '.join(changed)} changes the model the checkpoint was trained as: its "
