@@ -79,3 +79,23 @@ def test_gradient_reversal_is_the_identity_forward_and_negates_gradients():
     (grad,) = torch.autograd.grad((layer(x) * 2).sum(), x)
     assert torch.allclose(grad, torch.full_like(x, -0.6))
     assert gradcheck(surrogate(lambda t: GradientReversal.apply(t, 0.3), lambda t: -0.3 * t), (x,))
+
+
+def test_the_custom_op_passes_opcheck_and_compiles_whole():
+    from common.ops import swish
+
+    x = inputs(3, 4)
+    torch.library.opcheck(swish, (x,))  # schema, fake tensor, autograd registration, dispatch
+    assert gradcheck(swish, (x,))
+    assert torch.allclose(swish(x), x * torch.sigmoid(x))
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    compiled = torch.compile(lambda t: swish(t) * 2, backend=backend, fullgraph=True)
+    y = torch.randn(5)
+    assert torch.allclose(compiled(y), 2 * y * torch.sigmoid(y))
+    (graph,) = graphs  # one graph, no break: the op is inside it as itself
+    assert "templates.swish" in graph.code or "templates::swish" in str(graph.graph)
