@@ -82,6 +82,20 @@ class FakeQuantize(nn.Module):
         return RoundSTE.apply(x / self.scale, self.low, self.high) * self.scale
 
 
+class QuantizedReLU(nn.Module):
+    """min(relu(x), max) on a grid of 2**bits levels, the gradient passed straight through
+    inside [0, max]: an activation a `bits`-bit integer can hold, learned with."""
+
+    def __init__(self, bits: int = 4, max: float = 4.0):
+        super().__init__()
+        if bits < 1 or max <= 0:
+            raise ValueError(f"QuantizedReLU needs bits >= 1 and max > 0, got {bits} and {max}")
+        self.levels, self.scale = 2**bits - 1, max / (2**bits - 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return RoundSTE.apply(x / self.scale, 0, self.levels) * self.scale
+
+
 class ReverseGradient(nn.Module):
     def __init__(self, strength: float = 1.0):
         super().__init__()

@@ -10,6 +10,7 @@ kernel registers under the same name (issue 19).
 """
 
 import torch
+from torch import nn
 
 
 @torch.library.custom_op("templates::swish", mutates_args=())
@@ -35,3 +36,10 @@ def _backward(ctx, grad: torch.Tensor) -> torch.Tensor:
 
 
 swish.register_autograd(_backward, setup_context=_setup_context)
+
+
+class OpSwish(nn.Module):
+    """`templates::swish` as an activation layer."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return swish(x)

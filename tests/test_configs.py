@@ -7,6 +7,7 @@ from lightning.pytorch import Callback, LightningDataModule, LightningModule, Tr
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import OmegaConf
 
+from common.callbacks.grad_debug import GradientDebugger
 from common.checks import check_types
 from common.errors import UserError
 from common.instantiate import (
@@ -106,6 +107,31 @@ def test_net_option(tmp_path, option):
     assert net(torch.randn(2, 3, size, size)).shape == (2, cfg.data.num_classes)
 
 
+@pytest.mark.parametrize(
+    "option",  # the C++ one compiles on first use (~30 s): CI's tier
+    [
+        pytest.param(o, marks=pytest.mark.slow) if "cpp" in o else o
+        for o in options("model/net/activation")
+    ],
+)
+@pytest.mark.parametrize("project", ["mnist", "cifar10"])
+def test_activation_option(tmp_path, project, option):
+    """Each activation reaches every activation site of the net, which still learns through it."""
+    overrides = [f"project={project}", f"model/net/activation={option}", "model.net.width=4"]
+    if project == "cifar10":
+        overrides.append("model.net.depths=[1,1,1,1]")
+    cfg = make_config(tmp_path, overrides)
+    check_types(cfg)
+    net = instantiate(cfg.model.net)
+    chosen = type(instantiate(cfg.model.net.activation)())
+    assert sum(isinstance(m, chosen) for m in net.modules()) == (3 if project == "mnist" else 9)
+    size = 28 if project == "mnist" else 32
+    out = net(torch.randn(2, cfg.data.in_chans, size, size))
+    assert out.shape == (2, cfg.data.num_classes)
+    out.square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+
+
 @pytest.mark.parametrize("option", options("model/kws_net"))
 def test_kws_net_option(tmp_path, option):
     cfg = make_config(tmp_path, ["project=kws", f"model/kws_net={option}"])
@@ -174,6 +200,7 @@ DEBUG_EFFECTS = {
     "limit": {"max_epochs": 3, "limit_train_batches": 0.05, "limit_test_batches": 0.1},
     "overfit": {"overfit_batches": 3, "max_epochs": 30},
     "profiler": {"max_epochs": 1},
+    "grad": {},  # the recipe as it is, plus the gradient debugger (below)
 }
 
 
@@ -188,6 +215,8 @@ def test_debug_option(tmp_path, option):
     for key, value in DEBUG_EFFECTS[option].items():
         assert getattr(trainer, key) == value != getattr(plain, key), key
     assert isinstance(trainer.profiler, SimpleProfiler) == (option == "profiler")
+    debuggers = [c for c in instantiate_callbacks(cfg) if isinstance(c, GradientDebugger)]
+    assert len(debuggers) == (option == "grad")
 
 
 @pytest.mark.parametrize("option", options("experiment"))

@@ -7,22 +7,29 @@
   weights, for transfer learning.
 """
 
+from collections.abc import Callable
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from common.pretrained import build_pretrained
 
+# Makes the activation layer; `model/net/activation=` swaps it (configs/model/net/activation/).
+Activation = Callable[[], nn.Module]
+RELU = partial(nn.ReLU, inplace=True)
+
 
 class BasicBlock(nn.Module):
-    """Two 3x3 convs with a shortcut: out = relu(bn(conv(relu(bn(conv(x))))) + shortcut(x))."""
+    """Two 3x3 convs with a shortcut: out = act(bn(conv(act(bn(conv(x))))) + shortcut(x))."""
 
-    def __init__(self, cin: int, cout: int, stride: int):
+    def __init__(self, cin: int, cout: int, stride: int, activation: Activation = RELU):
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
             nn.BatchNorm2d(cout),
-            nn.ReLU(inplace=True),
+            activation(),
             nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
             nn.BatchNorm2d(cout),
         )
@@ -32,9 +39,10 @@ class BasicBlock(nn.Module):
             if stride != 1 or cin != cout
             else nn.Identity()
         )
+        self.out = activation()
 
     def forward(self, x):
-        return (self.body(x) + self.shortcut(x)).relu_()
+        return self.out(self.body(x) + self.shortcut(x))
 
 
 class ResNet(nn.Module):
@@ -52,18 +60,20 @@ class ResNet(nn.Module):
         depths: tuple[int, ...] = (2, 2, 2, 2),
         width: int = 64,
         drop_rate: float = 0.0,
+        activation: Activation = RELU,
     ):
         super().__init__()
         layers = [
             nn.Conv2d(in_chans, width, 3, 1, 1, bias=False),
             nn.BatchNorm2d(width),
-            nn.ReLU(inplace=True),
+            activation(),
         ]
         cin = width
         for stage, depth in enumerate(depths):
             cout = width * 2**stage
             for i in range(depth):
-                layers.append(BasicBlock(cin, cout, stride=2 if stage > 0 and i == 0 else 1))
+                stride = 2 if stage > 0 and i == 0 else 1
+                layers.append(BasicBlock(cin, cout, stride, activation))
                 cin = cout
         self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.head = nn.Sequential(nn.Dropout(drop_rate), nn.Linear(cin, num_classes))
