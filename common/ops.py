@@ -6,7 +6,8 @@ unless it traces through it) and invisible to torch.export; a `torch.library.cus
 schema, a fake (meta) implementation that tells compilers the output's shape and dtype without
 running it, and an autograd formula registered beside it, so graphs capture it whole and
 `torch.library.opcheck` can test all of that. The kernel here is plain torch; a C++ or CUDA
-kernel registers under the same name (issue 19).
+kernel is registered the same way (common/extension/: the schema and kernels with TORCH_LIBRARY
+in C++, the fake and autograd parts in Python).
 """
 
 import torch

@@ -93,3 +93,18 @@ def test_quantize_benchmark_times_every_int8_path():
     assert result.returncode == 0, result.stderr[-3000:]
     for path in ("float eager", "FX static int8", "pt2e int8 eager"):
         assert re.search(rf"^ResNet-10 w16\s+{path}\s+\d+\.\d+\s+\d+\.\d+$", result.stdout, re.M)
+
+
+def test_extensions_benchmark_times_and_weighs_every_swish():
+    tiny = ["--shape", "4", "64", "--rounds", "2", "--no-compile"]
+    result = run(sys.executable, "-m", "benchmarks.extensions", *tiny)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for variant in (
+        "x * sigmoid(x)",
+        "nn.SiLU",
+        "functions.Swish",
+        "ops.swish (Python op)",
+        "C++ op",
+    ):
+        row = rf"^{re.escape(variant)}\s+\d+\.\d+\s+\d+\.\d+x\s+\d+\.\d+\s+\d+\.\d+x$"
+        assert re.search(row, result.stdout, re.M), result.stdout

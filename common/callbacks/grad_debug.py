@@ -83,6 +83,7 @@ class GradientDebugger(L.Callback):
             for pname, _ in module.named_parameters(prefix=name, recurse=False):
                 self.layer_of_param[pname] = f"{name} ({type(module).__name__})"
         self.alive: dict[str, torch.Tensor] = {}  # param -> entries that ever got a gradient
+        self.last_alive: dict[str, torch.Tensor] = {}  # param -> last step it got one
         self.pending: dict[str, tuple[nn.Parameter, torch.Tensor]] = {}
 
     def on_train_start(self, trainer, pl_module):
@@ -115,7 +116,8 @@ class GradientDebugger(L.Callback):
             self.outputs.append((name, module, given_ok, torch.isfinite(out).all()))
             if self.logging:
                 x = out.float()
-                self.stats.append((name, x.mean(), x.std() if x.numel() > 1 else x.new_zeros(())))
+                std = x.std() if x.numel() > 1 else x.new_zeros(())
+                self.stats.append((name, x.mean(), std, (x == 0).float().mean()))
                 if self.histograms:  # at most ~10k values per layer reach the CPU
                     self.samples[name] = x.flatten()[:: max(1, x.numel() // 10_000)]
 
@@ -146,9 +148,11 @@ class GradientDebugger(L.Callback):
         if not named:
             return
         norms = torch.stack([torch.linalg.vector_norm(p.grad.detach().float()) for _, p in named])
-        for name, p in named:
+        for name, p in named:  # on the device: no sync
             seen = p.grad.detach() != 0
             self.alive[name] = seen if name not in self.alive else self.alive[name] | seen
+            step = torch.tensor(trainer.global_step, device=seen.device)
+            self.last_alive[name] = torch.where(seen.any(), step, self.last_alive.get(name, -1))
         if self.stop_on_nonfinite and not self.scaled and not bool(norms.isfinite().all()):
             self._stop(trainer, self._gradient_cause(named, norms))
         if self.logging and trainer.is_global_zero:
@@ -193,8 +197,9 @@ class GradientDebugger(L.Callback):
             metrics[f"update_ratio/{name}"] = change / (
                 torch.linalg.vector_norm(before.float()) + 1e-12
             )
-        for name, mean, std in self.stats:
+        for name, mean, std, zeros in self.stats:
             metrics[f"act_mean/{name}"], metrics[f"act_std/{name}"] = mean, std
+            metrics[f"act_zeros/{name}"] = zeros  # a ReLU's output at 0: units that pass nothing
         if metrics:
             values = dict(zip(metrics, torch.stack(list(metrics.values())).tolist(), strict=True))
             self._log(trainer, values)
@@ -241,38 +246,60 @@ class GradientDebugger(L.Callback):
 
     def on_train_end(self, trainer, pl_module):
         self._remove_hooks()
-        if not trainer.is_global_zero:
-            return
+        if trainer.is_global_zero:
+            rank_zero_info("\n".join(self.summary(trainer)))
+
+    def summary(self, trainer) -> list[str]:
+        """What went wrong, in a few lines; the curves saved to `figure`."""
+        steps = trainer.global_step
         dead = [n for n in self.names.values() if n not in self.alive or not self.alive[n].any()]
-        partly = {
-            n: 1 - a.float().mean().item()
-            for n, a in self.alive.items()
-            if n not in dead and not a.all()
-        }
-        steps = len({s for tag, points in self.history.items() for s, _ in points})
-        lines = [f"debug=grad: {len(self.names)} parameters watched over {steps} logged steps"]
+        logged = len({s for points in self.history.values() for s, _ in points})
+        lines = [f"debug=grad: {len(self.names)} parameters watched over {logged} logged steps"]
         if dead:
+            lines.append(f"  dead (no nonzero gradient in {steps} steps): " + ", ".join(dead))
+        stopped = {
+            n: int(last)
+            for n, last in self.last_alive.items()
+            if n not in dead and steps >= 20 and int(last) < 0.9 * (steps - 1)
+        }
+        if stopped:
             lines.append(
-                f"  dead (no nonzero gradient in {trainer.global_step} steps): " + ", ".join(dead)
+                f"  stopped learning (every gradient zero after step {max(stopped.values())} "
+                f"of {steps}): " + ", ".join(stopped)
             )
+        partly = {n: 1 - a.float().mean().item() for n, a in self.alive.items() if n not in dead}
         for name, fraction in sorted(partly.items(), key=lambda kv: -kv[1])[:5]:
             if fraction >= 0.1:
                 lines.append(f"  {fraction:.0%} of {name} never got a gradient")
+        zeros = {n: v for n, v in self._last("act_zeros/").items() if v >= 0.9}
+        if zeros:
+            lines.append(
+                "  layers whose output is >= 90% zeros (dead units): "
+                + ", ".join(f"{n} {v:.0%}" for n, v in zeros.items())
+            )
         ratios = self._last("update_ratio/")
         if ratios:
+            peak, tag = max(
+                (value, (step, tag))
+                for tag, points in self.history.items()
+                if tag.startswith("update_ratio/")
+                for step, value in points
+                if math.isfinite(value)
+            )
             high, low = max(ratios, key=ratios.get), min(ratios, key=ratios.get)
             lines.append(
-                f"  update/weight ratio, last logged: {ratios[high]:.1e} ({high}) to "
-                f"{ratios[low]:.1e} ({low}); ~{HEALTHY_RATIO:.0e} is healthy"
+                f"  update/weight ratio (~{HEALTHY_RATIO:.0e} is healthy): peak {peak:.1e} "
+                f"({tag[1].removeprefix('update_ratio/')}, step {tag[0]}); last logged "
+                f"{ratios[high]:.1e} ({high}) to {ratios[low]:.1e} ({low})"
             )
         if self.figure and self.history:
             figure = self.draw()
             path = Path(self.figure)
             path.parent.mkdir(parents=True, exist_ok=True)
             figure.savefig(path)
-            log_figure(pl_module, "debug/grad", figure)
+            log_figure(trainer.lightning_module, "debug/grad", figure)
             lines.append(f"  curves: {path}")
-        rank_zero_info("\n".join(lines))
+        return lines
 
     def on_exception(self, trainer, pl_module, exception):
         self._remove_hooks()
@@ -280,7 +307,10 @@ class GradientDebugger(L.Callback):
     # -- helpers -------------------------------------------------------------------------------
 
     def _stop(self, trainer, message: str):
+        """One line for the error; the curves up to here and what they say, above it."""
         self._remove_hooks()
+        if trainer.is_global_zero:
+            rank_zero_info("\n".join(self.summary(trainer)))
         raise UserError(f"debug=grad: step {trainer.global_step}: {message}")
 
     @staticmethod
@@ -300,17 +330,18 @@ class GradientDebugger(L.Callback):
         }
 
     def draw(self) -> Figure:
-        """Three panels, one line per layer coloured from input (dark) to output (light)."""
-        fig = Figure(figsize=(13, 3.8), dpi=100)
+        """Four panels, one line per layer coloured from input (dark) to output (light)."""
+        fig = Figure(figsize=(16, 3.8), dpi=100)
         panels = [
             ("grad_norm/", "gradient norm", True),
             ("update_ratio/", "update / weight", True),
-            ("act_std/", "activation std", True),
+            ("act_std/", "output std", True),
+            ("act_zeros/", "output: fraction of zeros", False),
         ]
         for i, (prefix, title, log) in enumerate(panels):
-            ax = fig.add_subplot(1, 3, i + 1)
+            ax = fig.add_subplot(1, len(panels), i + 1)
             tags = [t for t in self.history if t.startswith(prefix)]
-            if prefix != "act_std/":  # biases and norm layers' scales would crowd it
+            if prefix in ("grad_norm/", "update_ratio/"):  # biases and norm scales would crowd it
                 tags = [t for t in tags if t[len(prefix) :] in self.matrices] or tags
             for j, tag in enumerate(tags):
                 steps, values = zip(*self.history[tag], strict=True)
