@@ -127,6 +127,7 @@ TIERS = {
     "test_graph_learning": "learning",
     "test_kws_learning": "learning",
     "test_rl_learning": "learning",
+    "test_dynamic_graph": "learning",
     "test_export": "process",
     "test_compress": "process",
     "test_serve": "process",
