@@ -116,7 +116,8 @@ def test_net_option(tmp_path, option):
 )
 @pytest.mark.parametrize("project", ["mnist", "cifar10"])
 def test_activation_option(tmp_path, project, option):
-    """Each activation reaches every activation site of the net, which still learns through it."""
+    """Each activation reaches every activation site of the net, and gradients reach every
+    parameter through it."""
     overrides = [f"project={project}", f"model/net/activation={option}", "model.net.width=4"]
     if project == "cifar10":
         overrides.append("model.net.depths=[1,1,1,1]")

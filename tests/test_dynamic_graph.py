@@ -94,17 +94,19 @@ def test_learns_where_a_bag_of_tokens_cannot():
     depth."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny ops: one thread is the fastest
-    torch.manual_seed(0)
-    rng = random.Random(0)
-    held_out = make_data(rng, 300, depth=2, min_depth=2)
-    labels = torch.tensor([label(t) for t in held_out])
-    majority = labels.bincount().max().item() / len(labels)
-    bag = bag_of_tokens_accuracy(make_data(rng, 5000, depth=2), held_out)
-    model = TreeNet()
-    train(model, rng, steps=500, depth=2, held_out=held_out, batch_size=16)
-    acc = accuracy(model, held_out)
-    deeper = accuracy(model, deep_trees(rng, 300, depth=4))
-    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(0)
+        rng = random.Random(0)
+        held_out = make_data(rng, 300, depth=2, min_depth=2)
+        labels = torch.tensor([label(t) for t in held_out])
+        majority = labels.bincount().max().item() / len(labels)
+        bag = bag_of_tokens_accuracy(make_data(rng, 5000, depth=2), held_out)
+        model = TreeNet()
+        train(model, rng, steps=500, depth=2, held_out=held_out, batch_size=16)
+        acc = accuracy(model, held_out)
+        deeper = accuracy(model, deep_trees(rng, 300, depth=4))
+    finally:
+        torch.set_num_threads(threads)
     assert majority < 0.3 and bag < 0.5, (majority, bag)
     assert acc > 0.9, (acc, bag, majority)
     assert deeper > 0.5, deeper

@@ -28,8 +28,14 @@ def built():
 def test_the_op_is_x_times_sigmoid_x_on_any_layout(dtype):
     x = inputs(6, 40_000, dtype=dtype).detach() * 5  # 240k elements: several parallel tasks
     torch.testing.assert_close(swish(x), x * torch.sigmoid(x))
-    xt = x.t()  # (40000, 6), not contiguous
+    xt = x.t()  # (40000, 6), not contiguous: the output keeps its strides
     torch.testing.assert_close(swish(xt), xt * torch.sigmoid(xt))
+    assert swish(xt).stride() == xt.stride()
+    sliced = x[:, ::3]  # not dense: computed on a contiguous copy
+    torch.testing.assert_close(swish(sliced), sliced * torch.sigmoid(sliced))
+    images = x[:, :240].reshape(6, 4, 6, 10).to(memory_format=torch.channels_last)
+    assert swish(images).is_contiguous(memory_format=torch.channels_last)  # no layout copies
+    torch.testing.assert_close(swish(images), images * torch.sigmoid(images))
     half = x.bfloat16()  # computed in float inside, rounded once, as nn.SiLU does
     torch.testing.assert_close(swish(half), nn.functional.silu(half))
     extremes = torch.tensor([-1000.0, -50.0, 0.0, 50.0, 1000.0], dtype=dtype)
@@ -56,6 +62,8 @@ def test_opcheck_passes_for_both_ops():
     x = inputs(3, 5)
     torch.library.opcheck(torch.ops.templates_ext.swish.default, (x,))
     torch.library.opcheck(torch.ops.templates_ext.swish.default, (x.detach().t(),))
+    channels_last = inputs(2, 3, 4, 5).detach().to(memory_format=torch.channels_last)
+    torch.library.opcheck(torch.ops.templates_ext.swish.default, (channels_last.requires_grad_(),))
     grad = torch.randn(3, 5, dtype=torch.float64)
     torch.library.opcheck(torch.ops.templates_ext.swish_backward.default, (grad, x.detach()))
 

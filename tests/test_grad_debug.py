@@ -39,6 +39,8 @@ class Tiny(L.LightningModule):
         out = self(x)
         if self.fault == "sqrt at 0":  # finite forward, NaN backward: d sqrt(u)/du at u = 0
             return (out - y).pow(2).mean() + torch.sqrt((out - out.detach()).abs()).sum()
+        if self.fault == "nan loss at batch 0" and batch_idx == 0:
+            return (out - y).pow(2).mean() * float("nan")
         return (out - y).pow(2).mean()
 
     def configure_optimizers(self):
@@ -51,9 +53,10 @@ class Tiny(L.LightningModule):
         return torch.utils.data.DataLoader(data, batch_size=8)
 
 
-def fit(tmp_path, model, **kwargs) -> GradientDebugger:
+def fit(tmp_path, model, trainer_args=None, **kwargs) -> GradientDebugger:
     debugger = GradientDebugger(every_n_steps=2, figure=str(tmp_path / "grad.png"), **kwargs)
     trainer = L.Trainer(
+        **(trainer_args or {}),
         max_epochs=1,
         callbacks=[debugger],
         logger=L.pytorch.loggers.TensorBoardLogger(tmp_path),
@@ -101,7 +104,7 @@ def test_logs_norms_ratios_and_activations_and_names_the_dead(tmp_path, caplog):
         (
             "nan input",
             "the output of body (Linear) is the first to hold NaN/Inf, and so was its "
-            "input: the batch itself",
+            "input: the batch holds NaN/Inf",
         ),
         (
             "inf weights",
@@ -109,8 +112,8 @@ def test_logs_norms_ratios_and_activations_and_names_the_dead(tmp_path, caplog):
         ),
         (
             "sqrt at 0",
-            "the gradient of head.bias, in layer head (Linear), holds NaN/Inf (and 3 "
-            "parameters before it) while the loss and every layer's output were finite",
+            "the gradient of head.bias, in layer head (Linear), holds NaN/Inf (and 3 other "
+            "parameters) while the loss and every layer's output were finite",
         ),
     ],
 )
@@ -118,6 +121,53 @@ def test_stops_at_the_first_nan_naming_the_layer(tmp_path, fault, says):
     with pytest.raises(UserError, match="debug=grad: step") as err:
         fit(tmp_path, Tiny(fault))
     assert says in str(err.value)
+
+
+def test_under_accumulation_a_nan_loss_of_an_earlier_batch_is_named(tmp_path):
+    with pytest.raises(UserError, match="step 0: the loss is nan while every layer's output"):
+        fit(tmp_path, Tiny("nan loss at batch 0"), {"accumulate_grad_batches": 2})
+
+
+def test_frozen_parameters_are_not_called_dead(tmp_path, caplog):
+    model = Tiny()
+    model.unused.requires_grad_(False)
+    debugger = fit(tmp_path, model)
+    assert "unused.weight" not in debugger.names.values() and "dead" not in caplog.text
+
+
+class SeveralStepsPerBatch(Tiny):
+    """Manual optimization, three optimizer steps per batch (as PPO's epochs over a rollout)."""
+
+    def __init__(self):
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        optimizer = self.optimizers()
+        for _ in range(3):
+            optimizer.zero_grad()
+            self.manual_backward((self(batch[0]) - batch[1]).pow(2).mean())
+            optimizer.step()
+
+
+def test_every_nth_optimizer_step_is_logged_when_a_batch_takes_several(tmp_path):
+    history = fit(tmp_path, SeveralStepsPerBatch()).history
+    assert [s for s, _ in history["grad_norm/body.weight"]] == list(range(0, 24, 2))
+    # Each ratio is resolved before the next step changes the weights again.
+    assert [s for s, _ in history["update_ratio/body.weight"]] == list(range(0, 24, 2))
+
+
+def test_histograms_are_of_the_layer_not_of_an_in_place_op_after_it(tmp_path):
+    model = Tiny()
+    model.act = nn.ReLU(inplace=True)  # rewrites body's output in place
+    debugger = fit(tmp_path, model)
+    (_, zeros), *_ = debugger.history["act_zeros/body"]
+    assert zeros == 0  # a Linear's output is never exactly 0 here
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = tmp_path.glob("lightning_logs/version_0/events*")
+    (first, *_) = EventAccumulator(str(events)).Reload().Histograms("act/body")
+    assert first.histogram_value.min < 0  # the ReLU's zeros did not overwrite it
 
 
 def test_nothing_stops_when_told_not_to(tmp_path):

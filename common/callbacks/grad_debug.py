@@ -5,12 +5,15 @@ Every `every_n_steps` optimizer steps it logs, per parameter, the gradient norm
 (`update_ratio/<param>` = |w_after - w_before| / |w_before|, ~1e-3 is healthy for Adam-like
 optimizers: far above, the learning rate is too high; far below, that layer barely learns), and
 per layer the mean and std of its output (`act_mean/<layer>`, `act_std/<layer>`, histograms in
-TensorBoard). At every step it checks that every layer's output and every gradient is finite and
-stops at the first NaN/Inf with one line naming the layer; at the end it names the parameters no
-gradient ever reached (dead) and draws the curves into one picture.
+TensorBoard) and the fraction of it at exactly 0 (`act_zeros/<layer>`: dead ReLUs). At every
+optimizer step it checks that the loss, every layer's output and every gradient are finite and
+stops at the first NaN/Inf with one line naming the layer (under DDP every process stops, at the
+same step); at the end it names the parameters no gradient ever reached (dead) or that stopped
+getting one, and draws the curves into one picture.
 
-Cost: one device sync per step (the finite check) and a reduction per layer; the logging steps
-copy the weights once. A debugging tool, not for timed runs.
+Cost: two device syncs per optimizer step (the finite checks; under DDP one all-reduce of a flag
+too), a few reductions per layer, a copy of the weights on logging steps. A debugging tool, not
+for timed runs.
 """
 
 import math
@@ -65,39 +68,39 @@ class GradientDebugger(L.Callback):
         self.stop_on_nonfinite = stop_on_nonfinite
         self.hooks: list = []
         self.history: dict[str, list[tuple[int, float]]] = {}  # tag -> [(step, value)]
+        self.recording = False
 
     # -- setup ---------------------------------------------------------------------------------
 
-    def on_fit_start(self, trainer, pl_module):
+    def on_train_start(self, trainer, pl_module):
         self.every = self.every_n_steps or trainer.log_every_n_steps
-        # fp16's loss scaler makes Inf gradients on purpose and skips those steps.
-        self.scaled = str(trainer.precision).startswith("16")
-        self.recording = False
+        # fp16 with a loss scaler makes Inf gradients on purpose, and skips those steps.
+        self.scaled = trainer.precision == "16-mixed"
+        # The parameters the optimizers update, by name (a frozen one is not watched).
+        named = list(pl_module.named_parameters())
+        by_id = {id(p): n for n, p in named}
+        self.names = {
+            id(p): by_id[id(p)]
+            for opt in trainer.optimizers
+            for group in opt.param_groups
+            for p in group["params"]
+            if id(p) in by_id and p.requires_grad
+        }
+        self.order = {n: i for i, (n, _) in enumerate(named)}  # registration: input to output
+        self.matrices = {n for n, p in named if p.dim() > 1}  # a curve each in the picture
         self.layer_of_param: dict[str, str] = {}
-        self.layers: list[tuple[str, nn.Module]] = []
         for name, module in pl_module.named_modules():
             leaf = next(module.children(), None) is None
             if leaf and name and not isinstance(module, PASS_THROUGH):
-                self.layers.append((name, module))
                 self.hooks.append(module.register_forward_hook(self._forward_hook(name)))
             for pname, _ in module.named_parameters(prefix=name, recurse=False):
                 self.layer_of_param[pname] = f"{name} ({type(module).__name__})"
         self.alive: dict[str, torch.Tensor] = {}  # param -> entries that ever got a gradient
-        self.last_alive: dict[str, torch.Tensor] = {}  # param -> last step it got one
-        self.pending: dict[str, tuple[nn.Parameter, torch.Tensor]] = {}
-
-    def on_train_start(self, trainer, pl_module):
-        # The parameters the optimizers update, by name (a frozen target network is not one).
-        names = {id(p): n for n, p in pl_module.named_parameters()}
-        self.names = {
-            id(p): names[id(p)]
-            for opt in trainer.optimizers
-            for group in opt.param_groups
-            for p in group["params"]
-            if id(p) in names
-        }
-        # Weight matrices and kernels: the curves worth a line each in the picture.
-        self.matrices = {n for n, p in pl_module.named_parameters() if p.dim() > 1}
+        self.last_alive: dict[str, torch.Tensor] = {}  # param -> last step it got one (0-d)
+        self.pending: dict[str, tuple[nn.Parameter, torch.Tensor, int]] = {}
+        self.outputs: list[tuple[str, nn.Module, torch.Tensor, torch.Tensor]] = []
+        self.losses: list[torch.Tensor] = []
+        self.stats, self.samples, self.acts_logged_at = [], {}, -1
 
     def _forward_hook(self, name: str):
         def hook(module, inputs, output):
@@ -107,19 +110,18 @@ class GradientDebugger(L.Callback):
             if out is None:
                 return
             out = out.detach()
-            given = first_float_tensor(inputs)
-            given_ok = (
-                torch.isfinite(given).all()
-                if given is not None
-                else out.new_ones((), dtype=torch.bool)
-            )
-            self.outputs.append((name, module, given_ok, torch.isfinite(out).all()))
-            if self.logging:
+            if self.stop_on_nonfinite:
+                given = first_float_tensor(inputs)
+                given_ok = (
+                    torch.isfinite(given).all() if given is not None else out.isfinite().all()
+                )
+                self.outputs.append((name, module, given_ok, torch.isfinite(out).all()))
+            if self.logging_acts:
                 x = out.float()
                 std = x.std() if x.numel() > 1 else x.new_zeros(())
                 self.stats.append((name, x.mean(), std, (x == 0).float().mean()))
-                if self.histograms:  # at most ~10k values per layer reach the CPU
-                    self.samples[name] = x.flatten()[:: max(1, x.numel() // 10_000)]
+                if self.histograms:  # ~10k values per layer, copied: an in-place op may follow
+                    self.samples[name] = x.flatten()[:: max(1, x.numel() // 10_000)].clone()
 
         return hook
 
@@ -132,101 +134,101 @@ class GradientDebugger(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self.recording = True
-        self.logging = trainer.global_step % self.every == 0
-        # (layer name, layer, input finite?, output finite?) in the order the layers ran
-        self.outputs: list[tuple[str, nn.Module, torch.Tensor, torch.Tensor]] = []
-        self.stats, self.samples, self.losses = [], {}, []
+        # Activations once per logged step (several batches feed one step under accumulation).
+        self.acts_step = trainer.global_step  # the optimizer step this batch leads to
+        self.logging_acts = (
+            self.acts_step % self.every == 0 and self.acts_step != self.acts_logged_at
+        )
+
+    def on_before_backward(self, trainer, pl_module, loss):
+        if self.recording and self.stop_on_nonfinite:
+            self.losses.append(loss.detach())
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-        self._check_forward(trainer)
+        step = trainer.global_step
+        self._resolve_updates(trainer)  # the previous optimizer step's update ratios
         named = [
             (self.names[id(p)], p)
             for group in optimizer.param_groups
             for p in group["params"]
             if p.grad is not None and id(p) in self.names
         ]
+        norms = [torch.linalg.vector_norm(p.grad.detach().float()) for _, p in named]
+        if self.stop_on_nonfinite:
+            self._check(trainer, named, norms)
         if not named:
             return
-        norms = torch.stack([torch.linalg.vector_norm(p.grad.detach().float()) for _, p in named])
-        for name, p in named:  # on the device: no sync
-            seen = p.grad.detach() != 0
-            self.alive[name] = seen if name not in self.alive else self.alive[name] | seen
-            step = torch.tensor(trainer.global_step, device=seen.device)
-            self.last_alive[name] = torch.where(seen.any(), step, self.last_alive.get(name, -1))
-        if self.stop_on_nonfinite and not self.scaled and not bool(norms.isfinite().all()):
-            self._stop(trainer, self._gradient_cause(named, norms))
-        if self.logging and trainer.is_global_zero:
-            values = {f"grad_norm/{n}": v for (n, _), v in zip(named, norms.tolist(), strict=True)}
-            self._log(trainer, values)
-            self._record(trainer.global_step, values)
-            for name, p in named:  # the weights before this step, for the update ratio
-                self.pending[name] = (p, p.detach().clone())
-
-    def _gradient_cause(self, named, norms) -> str:
-        losses = [loss for loss in self.losses if not bool(torch.isfinite(loss).all())]
-        if losses:
-            return (
-                f"the loss is {losses[0].float().mean().item()} while every layer's output was "
-                "finite: the outputs grew too large for the loss (too high a learning rate; "
-                "trainer.gradient_clip_val=1.0 bounds the steps)"
-            )
-        # Parameters in the order they were registered, roughly input to output: the last one
-        # is where backward met the NaN first.
-        bad = [n for (n, _), ok in zip(named, norms.isfinite().tolist(), strict=True) if not ok]
-        others = f" (and {len(bad) - 1} parameters before it)" if len(bad) > 1 else ""
-        return (
-            f"the gradient of {bad[-1]}, in layer {self.layer_of_param.get(bad[-1], '?')}, holds "
-            f"NaN/Inf{others} while the loss and every layer's output were finite: a backward "
-            "formula made it (a sqrt or log at 0, a division by a zero norm); "
-            "trainer.detect_anomaly=true names the operation"
+        seen = [p.grad.detach() != 0 for _, p in named]
+        got = torch.stack([s.any() for s in seen])  # on the device: no sync
+        before = torch.stack(
+            [self.last_alive.get(n, torch.full((), -1, device=got.device)) for n, _ in named]
         )
-
-    def on_before_backward(self, trainer, pl_module, loss):
-        if self.recording:
-            self.losses.append(loss.detach())
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.recording = False
-        self._check_forward(trainer)  # a step without an optimizer step (accumulation)
-        if not trainer.is_global_zero:
-            return
-        step = trainer.global_step - 1  # the step just taken
-        metrics = {}
-        for name, (p, before) in self.pending.items():
-            change = torch.linalg.vector_norm((p.detach() - before).float())
-            metrics[f"update_ratio/{name}"] = change / (
-                torch.linalg.vector_norm(before.float()) + 1e-12
+        last = torch.where(got, step, before)
+        for i, ((name, _), entries) in enumerate(zip(named, seen, strict=True)):
+            self.alive[name] = entries if name not in self.alive else self.alive[name] | entries
+            self.last_alive[name] = last[i]
+        if step % self.every == 0 and trainer.is_global_zero:
+            values = dict(
+                zip((f"grad_norm/{n}" for n, _ in named), torch.stack(norms).tolist(), strict=True)
             )
-        for name, mean, std, zeros in self.stats:
-            metrics[f"act_mean/{name}"], metrics[f"act_std/{name}"] = mean, std
-            metrics[f"act_zeros/{name}"] = zeros  # a ReLU's output at 0: units that pass nothing
-        if metrics:
-            values = dict(zip(metrics, torch.stack(list(metrics.values())).tolist(), strict=True))
-            self._log(trainer, values)
-            self._record(step, {k: v for k, v in values.items() if not k.startswith("act_mean")})
-        if self.samples and self.histograms:
-            for logger in trainer.loggers:
-                if isinstance(logger, TensorBoardLogger):
-                    for name, values in self.samples.items():
-                        values = values[values.isfinite()].cpu()  # NaN/Inf have no bin
-                        if len(values):
-                            logger.experiment.add_histogram(f"act/{name}", values, step)
-        self.pending, self.stats, self.samples = {}, [], {}
+            self._log(trainer, values, step)
+            for name, p in named:  # the weights before this step, for the update ratio
+                self.pending[name] = (p, p.detach().clone(), step)
 
-    def _check_forward(self, trainer):
-        if not (self.stop_on_nonfinite and self.outputs):
+    def _resolve_updates(self, trainer):
+        """|w_after - w_before| / |w_before| of the step the pending weights were copied before
+        (the optimizer has stepped once since)."""
+        if not self.pending:
             return
+        ratios = {}
+        for name, (p, before, step) in self.pending.items():
+            change = torch.linalg.vector_norm((p.detach() - before).float())
+            size = torch.linalg.vector_norm(before.float())
+            # A weight at 0 (a fresh bias) has no scale to compare the step with: NaN, not logged.
+            ratios[name] = (step, torch.where(size > 0, change / size, torch.nan))
+        self.pending = {}
+        values = torch.stack([r for _, r in ratios.values()]).tolist()
+        for (name, (step, _)), value in zip(ratios.items(), values, strict=True):
+            if not math.isnan(value):
+                self._log(trainer, {f"update_ratio/{name}": value}, step)
+
+    def _check(self, trainer, named, norms):
+        """Stop, on every process, at the first NaN/Inf of this step: in a layer's output, in the
+        loss, in a gradient."""
+        problem = self._forward_problem()
+        if problem is None and self.losses:
+            losses = torch.stack([loss.float().mean() for loss in self.losses])
+            self.losses = []
+            if not bool(losses.isfinite().all()):
+                problem = (
+                    f"the loss is {losses[~losses.isfinite()][0].item()} while every layer's "
+                    "output was finite: the outputs grew too large for the loss (too high a "
+                    "learning rate; trainer.gradient_clip_val=1.0 bounds the steps)"
+                )
+        if problem is None and norms and not self.scaled:
+            finite = torch.stack(norms).isfinite().tolist()
+            if not all(finite):
+                problem = self._gradient_cause(
+                    [n for (n, _), ok in zip(named, finite, strict=True) if not ok]
+                )
+        self._stop_if(trainer, problem)
+
+    def _forward_problem(self) -> str | None:
+        """Which layer's output held NaN/Inf first in this step's forward passes, and why."""
+        if not self.outputs:
+            return None
         flags = torch.stack([torch.stack([i, o]) for _, _, i, o in self.outputs]).tolist()
         calls, self.outputs = self.outputs, []  # one sync for the whole forward pass
         if all(o for _, o in flags):
-            return
+            return None
         first = next(k for k, (_, o) in enumerate(flags) if not o)
         name, module, _, _ = calls[first]
         layer = f"{name} ({type(module).__name__})"
-        weights = [p for p in module.parameters(recurse=False)]
+        weights = list(module.parameters(recurse=False))
         if not flags[first][0]:
             cause = (
-                "and so was its input: the batch itself holds NaN/Inf (check the data)"
+                "and so was its input: the batch holds NaN/Inf (the data, or what the step did "
+                "to it before the net)"
                 if first == 0
                 else "and so was its input, made outside any layer (an operation in forward())"
             )
@@ -240,7 +242,55 @@ class GradientDebugger(L.Callback):
                 "from a finite input and finite weights: the values overflowed (activations "
                 "growing layer after layer: a missing normalization or too high a learning rate)"
             )
-        self._stop(trainer, f"the output of {layer} is the first to hold NaN/Inf, {cause}")
+        return f"the output of {layer} is the first to hold NaN/Inf, {cause}"
+
+    def _gradient_cause(self, bad: list[str]) -> str:
+        # Backward meets the NaN first at the parameter nearest the output: registered last.
+        last = max(bad, key=self.order.get)
+        others = f" (and {len(bad) - 1} other parameters)" if len(bad) > 1 else ""
+        return (
+            f"the gradient of {last}, in layer {self.layer_of_param.get(last, '?')}, holds "
+            f"NaN/Inf{others} while the loss and every layer's output were finite: a backward "
+            "formula made it (a sqrt or log at 0, a division by a zero norm); "
+            "trainer.detect_anomaly=true names the operation"
+        )
+
+    def _stop_if(self, trainer, problem: str | None):
+        """Under DDP the processes agree first: one that saw nothing stops with the rest."""
+        if not trainer.strategy.reduce_boolean_decision(problem is not None, all=False):
+            return
+        self._remove_hooks()
+        if trainer.is_global_zero:
+            rank_zero_info("\n".join(self.summary(trainer, stopped=True)))
+        message = problem or (
+            "another process met NaN/Inf (its own error names the layer; trainer.devices=1 "
+            "shows it in one process)"
+        )
+        raise UserError(f"debug=grad: step {trainer.global_step}: {message}")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.recording = False
+        if self.stop_on_nonfinite:  # a forward pass with no optimizer step after it (yet)
+            self._stop_if(trainer, self._forward_problem())
+        self._resolve_updates(trainer)
+        if not (trainer.is_global_zero and self.stats):
+            self.stats, self.samples = [], {}
+            return
+        step = self.acts_logged_at = self.acts_step
+        metrics = {}
+        for name, mean, std, zeros in self.stats:
+            metrics[f"act_mean/{name}"], metrics[f"act_std/{name}"] = mean, std
+            metrics[f"act_zeros/{name}"] = zeros  # a ReLU's output at 0: units that pass nothing
+        values = dict(zip(metrics, torch.stack(list(metrics.values())).tolist(), strict=True))
+        self._log(trainer, values, step)
+        if self.samples and self.histograms:
+            for logger in trainer.loggers:
+                if isinstance(logger, TensorBoardLogger):
+                    for name, sample in self.samples.items():
+                        sample = sample[sample.isfinite()].cpu()  # NaN/Inf have no bin
+                        if len(sample):
+                            logger.experiment.add_histogram(f"act/{name}", sample, step)
+        self.stats, self.samples = [], {}
 
     # -- the end -------------------------------------------------------------------------------
 
@@ -249,10 +299,16 @@ class GradientDebugger(L.Callback):
         if trainer.is_global_zero:
             rank_zero_info("\n".join(self.summary(trainer)))
 
-    def summary(self, trainer) -> list[str]:
-        """What went wrong, in a few lines; the curves saved to `figure`."""
+    def teardown(self, trainer, pl_module, stage):
+        self._remove_hooks()  # a fit that never trained (limit_train_batches=0) ends here
+
+    def summary(self, trainer, stopped: bool = False) -> list[str]:
+        """What went wrong, in a few lines; the curves saved to `figure`. A run stopped by a
+        NaN names no dead parameters: the gradients of its last step never arrived."""
         steps = trainer.global_step
         dead = [n for n in self.names.values() if n not in self.alive or not self.alive[n].any()]
+        if stopped or not self.alive:
+            dead = []
         logged = len({s for points in self.history.values() for s, _ in points})
         lines = [f"debug=grad: {len(self.names)} parameters watched over {logged} logged steps"]
         if dead:
@@ -277,12 +333,13 @@ class GradientDebugger(L.Callback):
                 "  layers whose output is >= 90% zeros (dead units): "
                 + ", ".join(f"{n} {v:.0%}" for n, v in zeros.items())
             )
-        ratios = self._last("update_ratio/")
+        # Weight matrices and kernels: a bias or a norm's shift near 0 makes any ratio large.
+        ratios = {n: v for n, v in self._last("update_ratio/").items() if n in self.matrices}
         if ratios:
             peak, tag = max(
                 (value, (step, tag))
                 for tag, points in self.history.items()
-                if tag.startswith("update_ratio/")
+                if tag.removeprefix("update_ratio/") in ratios
                 for step, value in points
                 if math.isfinite(value)
             )
@@ -306,21 +363,13 @@ class GradientDebugger(L.Callback):
 
     # -- helpers -------------------------------------------------------------------------------
 
-    def _stop(self, trainer, message: str):
-        """One line for the error; the curves up to here and what they say, above it."""
-        self._remove_hooks()
-        if trainer.is_global_zero:
-            rank_zero_info("\n".join(self.summary(trainer)))
-        raise UserError(f"debug=grad: step {trainer.global_step}: {message}")
-
-    @staticmethod
-    def _log(trainer, metrics: dict[str, float]):
+    def _log(self, trainer, metrics: dict[str, float], step: int):
+        """To every logger, and to the history the summary and the picture are made from."""
         for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
-
-    def _record(self, step: int, values: dict[str, float]):
-        for tag, value in values.items():
-            self.history.setdefault(tag, []).append((step, value))
+            logger.log_metrics(metrics, step=step)
+        for tag, value in metrics.items():
+            if not tag.startswith("act_mean/"):
+                self.history.setdefault(tag, []).append((step, value))
 
     def _last(self, prefix: str) -> dict[str, float]:
         return {

@@ -54,10 +54,16 @@ V swish_backward_formula(V grad, V x) {
   return grad * s * (V(1) + x * (V(1) - s));
 }
 
+// `t` with `ref`'s strides, copied only if they differ (a transposed or expanded input): the
+// kernels then run one flat loop over the memory of same-shaped, same-strided tensors.
+at::Tensor like(const at::Tensor& t, const at::Tensor& ref) {
+  return t.strides() == ref.strides() ? t : at::empty_like(ref).copy_(t);
+}
+
 at::Tensor swish_cpu(const at::Tensor& x) {
   check_input(x, "x");
-  const at::Tensor xc = x.contiguous();  // one flat loop over memory; a no-op when already so
-  at::Tensor y = at::empty_like(xc);     // contiguous, like xc (the fake says the same)
+  at::Tensor y = at::empty_like(x);  // x's layout if dense (channels_last stays so), as the fake
+  const at::Tensor xc = like(x, y);  // then one flat loop over memory: the same strides
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "swish_cpu", [&] {
     const scalar_t* in = xc.const_data_ptr<scalar_t>();
     scalar_t* out = y.mutable_data_ptr<scalar_t>();
@@ -72,9 +78,9 @@ at::Tensor swish_cpu(const at::Tensor& x) {
 
 at::Tensor swish_backward_cpu(const at::Tensor& grad, const at::Tensor& x) {
   check_pair(grad, x);
-  const at::Tensor gc = grad.contiguous();  // sum()'s backward, e.g., hands an expanded grad
-  const at::Tensor xc = x.contiguous();
-  at::Tensor dx = at::empty_like(xc);
+  at::Tensor dx = at::empty_like(x);
+  const at::Tensor xc = like(x, dx);
+  const at::Tensor gc = like(grad, dx);  // sum()'s backward, e.g., hands an expanded grad
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "swish_backward_cpu",
                                   [&] {
     const scalar_t* g = gc.const_data_ptr<scalar_t>();

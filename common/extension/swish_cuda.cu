@@ -45,12 +45,18 @@ int blocks_for(int64_t n) {
   return static_cast<int>(std::min<int64_t>((n + kThreads - 1) / kThreads, 1 << 16));
 }
 
+// `t` with `ref`'s strides, copied only if they differ (a transposed or expanded input): the
+// kernels then run one flat loop over the memory of same-shaped, same-strided tensors.
+at::Tensor like(const at::Tensor& t, const at::Tensor& ref) {
+  return t.strides() == ref.strides() ? t : at::empty_like(ref).copy_(t);
+}
+
 at::Tensor swish_cuda(const at::Tensor& x) {
   TORCH_CHECK(x.is_floating_point(), "templates_ext::swish: x must be a floating-point tensor, got ",
               x.scalar_type());
   const c10::cuda::CUDAGuard guard(x.device());  // launch on x's GPU, not the current one
-  const at::Tensor xc = x.contiguous();
-  at::Tensor y = at::empty_like(xc);
+  at::Tensor y = at::empty_like(x);  // x's layout if dense, as the fake
+  const at::Tensor xc = like(x, y);
   const int64_t n = xc.numel();
   if (n == 0) return y;  // a grid of 0 blocks is a launch error
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "swish_cuda", [&] {
@@ -70,9 +76,9 @@ at::Tensor swish_backward_cuda(const at::Tensor& grad, const at::Tensor& x) {
   TORCH_CHECK(grad.device() == x.device(), "templates_ext::swish_backward: grad is on ",
               grad.device(), " but x is on ", x.device());
   const c10::cuda::CUDAGuard guard(x.device());
-  const at::Tensor gc = grad.contiguous();
-  const at::Tensor xc = x.contiguous();
-  at::Tensor dx = at::empty_like(xc);
+  at::Tensor dx = at::empty_like(x);
+  const at::Tensor xc = like(x, dx);
+  const at::Tensor gc = like(grad, dx);
   const int64_t n = xc.numel();
   if (n == 0) return dx;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "swish_backward_cuda",
