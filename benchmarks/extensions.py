@@ -58,12 +58,15 @@ def saved_bytes(f, x: torch.Tensor) -> int:
 
 
 def interleaved_ms(runs: dict, rounds: int) -> dict[str, float]:
-    """Median ms per call of each `runs[name]()`; the runs take turns in each round."""
+    """Median ms per call of each `runs[name]()`; the runs take turns in each round, starting
+    one further each round: what a run leaves behind (freed memory that the next large
+    allocation must fault in again) then falls on every run in turn, not on one."""
+    names = list(runs)
     times = {name: [] for name in runs}
-    for _ in range(rounds):
-        for name, run in runs.items():
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             start = time.perf_counter()
-            run()
+            runs[name]()
             times[name].append(time.perf_counter() - start)
     return {name: 1000 * statistics.median(t) for name, t in times.items()}
 

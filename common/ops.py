@@ -1,8 +1,8 @@
 """A custom operator registered with torch.library: `templates::swish`, the fused x * sigmoid(x)
 as one op that torch.compile, torch.export and the dispatcher all know.
 
-Why an op and not a Function: an `autograd.Function` is opaque to torch.compile (a graph break
-unless it traces through it) and invisible to torch.export; a `torch.library.custom_op` has a
+Why an op and not a Function: torch.compile and torch.export trace an `autograd.Function`'s
+Python body op by op (and break the graph where they cannot); a `torch.library.custom_op` has a
 schema, a fake (meta) implementation that tells compilers the output's shape and dtype without
 running it, and an autograd formula registered beside it, so graphs capture it whole and
 `torch.library.opcheck` can test all of that. The kernel here is plain torch; a C++ or CUDA
