@@ -76,6 +76,20 @@ def tiny_checkpoint(tmp_path_factory):
     return get
 
 
+def compile_whole(f, *inputs):
+    """`torch.compile(f, fullgraph=True)(*inputs)` and the one FX graph it captured (a graph
+    break would fail fullgraph; a second graph, the unpacking)."""
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    out = torch.compile(f, backend=backend, fullgraph=True)(*inputs)
+    (graph,) = graphs
+    return out, graph
+
+
 def offline(cfg: DictConfig) -> DictConfig:
     """`cfg` with data.synthetic=true where the data has a synthetic stand-in (sources that are
     synthetic already, such as data=shapes, have no such key)."""

@@ -9,6 +9,7 @@ from torch.autograd import gradcheck
 
 from common.errors import UserError
 from common.extension import CppSwish, compile_extension, load, swish
+from tests.conftest import compile_whole
 
 # The first build compiles for ~30 s (then cached in data/extensions/): not in `make test`.
 pytestmark = pytest.mark.slow
@@ -76,16 +77,9 @@ def test_bad_inputs_are_one_readable_error():
 
 
 def test_compiles_fullgraph_with_the_op_as_one_node():
-    graphs = []
-
-    def backend(gm, example_inputs):
-        graphs.append(gm)
-        return gm.forward
-
-    compiled = torch.compile(lambda t: swish(t) * 2, backend=backend, fullgraph=True)
     y = torch.randn(5)
-    torch.testing.assert_close(compiled(y), 2 * y * torch.sigmoid(y))
-    (graph,) = graphs  # one graph, no break
+    out, graph = compile_whole(lambda t: swish(t) * 2, y)
+    torch.testing.assert_close(out, 2 * y * torch.sigmoid(y))
     calls = [n for n in graph.graph.nodes if "templates_ext.swish" in str(n.target)]
     assert len(calls) == 1 and "sigmoid" not in graph.code  # the op itself, not decomposed
 

@@ -12,6 +12,7 @@ from common.functions import (
     RoundSTE,
     Swish,
 )
+from tests.conftest import compile_whole
 
 
 def inputs(*shape, seed=0):
@@ -88,14 +89,7 @@ def test_the_custom_op_passes_opcheck_and_compiles_whole():
     torch.library.opcheck(swish, (x,))  # schema, fake tensor, autograd registration, dispatch
     assert gradcheck(swish, (x,))
     assert torch.allclose(swish(x), x * torch.sigmoid(x))
-    graphs = []
-
-    def backend(gm, example_inputs):
-        graphs.append(gm)
-        return gm.forward
-
-    compiled = torch.compile(lambda t: swish(t) * 2, backend=backend, fullgraph=True)
     y = torch.randn(5)
-    assert torch.allclose(compiled(y), 2 * y * torch.sigmoid(y))
-    (graph,) = graphs  # one graph, no break: the op is inside it as itself
+    out, graph = compile_whole(lambda t: swish(t) * 2, y)  # one graph, no break
+    assert torch.allclose(out, 2 * y * torch.sigmoid(y))
     assert "templates.swish" in graph.code or "templates::swish" in str(graph.graph)
