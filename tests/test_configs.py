@@ -114,7 +114,7 @@ def test_net_option(tmp_path, option):
         for o in options("model/net/activation")
     ],
 )
-@pytest.mark.parametrize("project", ["mnist", "cifar10"])
+@pytest.mark.parametrize("project", ["mnist", pytest.param("cifar10", marks=pytest.mark.slow)])
 def test_activation_option(tmp_path, project, option):
     """Each activation reaches every activation site of the net, and gradients reach every
     parameter through it."""

@@ -13,7 +13,7 @@ from tests.conftest import PROJECTS, offline
 from tests.test_smoke import SMALLER  # dqn learns from its first rollout, kws on fewer clips
 
 # fast_dev_run of every project with the debugger on: a few seconds each, so most are slow.
-QUICK = {"gan", "sentiment"}  # two optimizers stepped by hand; an LSTM
+QUICK = {"gan"}  # two optimizers stepped by hand
 
 
 class Tiny(L.LightningModule):
