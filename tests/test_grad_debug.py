@@ -1,6 +1,8 @@
 """`debug=grad` (common/callbacks/grad_debug.py): what it logs, where it stops, what it flags,
 on tiny modules whose faults are planted, and on every project's recipe."""
 
+import sys
+
 import lightning as L
 import pytest
 import torch
@@ -9,7 +11,7 @@ from torch import nn
 from common.callbacks.grad_debug import GradientDebugger, first_float_tensor
 from common.errors import UserError
 from common.train import train
-from tests.conftest import PROJECTS, offline
+from tests.conftest import PROJECTS, offline, run
 from tests.test_smoke import SMALLER  # dqn learns from its first rollout, kws on fewer clips
 
 # fast_dev_run of every project with the debugger on: a few seconds each, so most are slow.
@@ -218,3 +220,24 @@ def test_debug_grad_on_every_project(config, debuggers, tiny_fid, project):
     assert any(tag.startswith("update_ratio/") for tag in debugger.history)
     assert any(tag.startswith("act_std/") for tag in debugger.history)
     assert not debugger.hooks  # removed at the end
+
+
+@pytest.mark.slow
+def test_every_ddp_process_stops_at_the_same_step(tmp_path):
+    result = run(
+        sys.executable,
+        "-m",
+        "common.train",
+        "project=linreg",
+        "trainer=ddp",
+        "trainer.devices=2",
+        "trainer.accelerator=cpu",
+        "debug=grad",
+        "model.optimizer.lr=5",
+        "logger=csv",
+        f"paths.log_dir={tmp_path}",
+        f"hydra.run.dir={tmp_path}/run",
+    )
+    errors = [line for line in (result.stdout + result.stderr).splitlines() if "error:" in line]
+    assert result.returncode != 0 and errors, result.stderr[-2000:]
+    assert all("debug=grad: step 20: the loss is inf" in line for line in errors), errors

@@ -188,9 +188,12 @@ class GradientDebugger(L.Callback):
             ratios[name] = (step, torch.where(size > 0, change / size, torch.nan))
         self.pending = {}
         values = torch.stack([r for _, r in ratios.values()]).tolist()
+        by_step: dict[int, dict[str, float]] = {}  # one logger call per step
         for (name, (step, _)), value in zip(ratios.items(), values, strict=True):
             if not math.isnan(value):
-                self._log(trainer, {f"update_ratio/{name}": value}, step)
+                by_step.setdefault(step, {})[f"update_ratio/{name}"] = value
+        for step, metrics in by_step.items():
+            self._log(trainer, metrics, step)
 
     def _check(self, trainer, named, norms):
         """Stop, on every process, at the first NaN/Inf of this step: in a layer's output, in the
