@@ -7,7 +7,7 @@ the variants take turns (a busy spell of the machine then hits them all), and th
 keeps for backward (counted with saved_tensors_hooks, each storage once). The variants: the
 eager composition (two kernels, keeps x and sigmoid(x)); nn.SiLU (torch's fused kernel);
 common.functions.Swish (an autograd Function that recomputes the sigmoid); common.ops.swish (a
-torch.library custom op in Python); the C++ op of common.extension (built on first use, ~30 s
+torch.library custom op in Python); the C++ op of common.extension (built on first use, ~15 s
 once); and the composition under torch.compile (`--no-compile` skips it). Ratios are to the
 eager composition.
 

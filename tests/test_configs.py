@@ -108,7 +108,7 @@ def test_net_option(tmp_path, option):
 
 
 @pytest.mark.parametrize(
-    "option",  # the C++ one compiles on first use (~30 s): CI's tier
+    "option",  # the C++ one compiles on first use (~15 s): CI's tier
     [
         pytest.param(o, marks=pytest.mark.slow) if "cpp" in o else o
         for o in options("model/net/activation")

@@ -11,7 +11,7 @@ from common.errors import UserError
 from common.extension import CppSwish, compile_extension, load, swish
 from tests.conftest import compile_whole
 
-# The first build compiles for ~30 s (then cached in data/extensions/): not in `make test`.
+# The first build compiles for ~15 s (then cached in data/extensions/): not in `make test`.
 pytestmark = pytest.mark.slow
 
 
