@@ -9,10 +9,12 @@ from torchvision import ops
 
 from projects.detection.boxes import (
     assign,
+    candidates,
     cell_centers,
     decode,
     detection_loss,
     encode,
+    nms,
     perfect_outputs,
     postprocess,
 )
@@ -255,3 +257,39 @@ def test_a_few_steps_reduce_the_loss():
         losses.append(loss.item())
     assert all(map(torch.isfinite, map(torch.tensor, losses)))
     assert losses[-1] < 0.7 * losses[0]
+
+
+def random_targets(gen, batch: int, size: int = 64):
+    """Images with 0-6 boxes each, some off the image, some degenerate."""
+    targets = []
+    for _ in range(batch):
+        n = int(torch.randint(0, 7, (), generator=gen))
+        xy = torch.rand(n, 2, generator=gen) * (size + 20) - 10
+        wh = torch.rand(n, 2, generator=gen) * 40 * (torch.rand(n, 1, generator=gen) > 0.1)
+        boxes = torch.cat([xy, xy + wh], dim=1)
+        targets.append({"boxes": boxes, "labels": torch.randint(0, C, (n,), generator=gen)})
+    return targets
+
+
+def test_batched_assignment_is_each_image_assigned_alone():
+    gen = torch.Generator().manual_seed(0)
+    targets = random_targets(gen, 16)
+    batched = assign(targets, H, W, STRIDE, C)
+    alone = [assign([t], H, W, STRIDE, C) for t in targets]
+    for i, part in enumerate(batched):
+        torch.testing.assert_close(part, torch.cat([a[i] for a in alone]))
+    assert batched[0].sum() > 20  # the images do have positives
+
+
+def test_batched_postprocess_is_each_image_alone_and_the_one_image_nms():
+    gen = torch.Generator().manual_seed(1)
+    outputs = torch.randn(6, H, W, 1 + C + 4, generator=gen) * 2
+    batched = postprocess(outputs, STRIDE, max_detections=5)
+    for b, result in enumerate(batched):
+        (alone,) = postprocess(outputs[b : b + 1], STRIDE, max_detections=5)
+        single = nms(*[x[0] for x in candidates(outputs[b : b + 1], STRIDE)], max_detections=5)
+        for key in ("boxes", "scores", "labels"):
+            torch.testing.assert_close(result[key], alone[key])
+            torch.testing.assert_close(result[key], single[key])
+        assert 0 < len(result["scores"]) <= 5
+        assert (result["scores"].diff() <= 0).all()  # best first

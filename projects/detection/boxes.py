@@ -85,51 +85,78 @@ def assign(
     if device is None:
         device = targets[0]["boxes"].device if targets else None
     B, HW = len(targets), h * w
-    obj_target = torch.zeros(B, HW, device=device)
-    cls_target = torch.full((B, HW), -1, dtype=torch.int64, device=device)
-    box_target = torch.zeros(B, HW, 4, device=device)
+    boxes, labels, valid = pad_targets(targets, device)  # (B, N, 4), (B, N), (B, N)
+    if B == 0 or boxes.shape[1] == 0:
+        return (
+            torch.zeros(B, HW, device=device),
+            torch.full((B, HW), -1, dtype=torch.int64, device=device),
+            torch.zeros(B, HW, 4, device=device),
+        )
+    boxes = ops.clip_boxes_to_image(boxes, (h * stride, w * stride))
+    # Padding, and boxes with no area left (outside the image, degenerate, NaN), claim nothing.
+    valid &= (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
+    check_labels(labels, valid, num_classes)
+
     centers = cell_centers(h, w, stride, device)  # (HW, 2)
     cells = torch.arange(HW, device=device)
     rows, cols = cells // w, cells % w  # (HW,) each
+    # The cell holding each box's centre; a centre on the image's far edge goes to the last.
+    box_centers = (boxes[..., :2] + boxes[..., 2:]) / 2  # (B, N, 2)
+    ci = (box_centers[..., 1] / stride).floor().long().clamp(0, h - 1)  # (B, N)
+    cj = (box_centers[..., 0] / stride).floor().long().clamp(0, w - 1)
+    drow = (rows - ci[..., None]).abs()  # (B, N, HW) distance in cells to the centre cell
+    dcol = (cols - cj[..., None]).abs()
+    x, y = centers[:, 0], centers[:, 1]  # (HW,) each
+    inside = (
+        (x > boxes[..., 0, None])
+        & (x < boxes[..., 2, None])
+        & (y > boxes[..., 1, None])
+        & (y < boxes[..., 3, None])
+    )  # (B, N, HW)
+    candidate = ((drow <= radius) & (dcol <= radius) & inside) | ((drow == 0) & (dcol == 0))
+    candidate &= valid[..., None]
 
-    for b, target in enumerate(targets):
-        boxes = target["boxes"].to(device, torch.float32).reshape(-1, 4)
-        labels = target["labels"].to(device, torch.int64).reshape(-1)
-        if len(boxes) != len(labels):
-            raise ValueError(f"image {b}: {len(boxes)} boxes but {len(labels)} labels")
-        boxes = ops.clip_boxes_to_image(boxes, (h * stride, w * stride))
-        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # False for NaN too
-        boxes, labels = boxes[keep], labels[keep]
-        if len(boxes) == 0:
-            continue
-        if labels.min() < 0 or labels.max() >= num_classes:
-            raise ValueError(
-                f"image {b}: labels must be in [0, {num_classes}), got {labels.tolist()} "
-                "(a dataset that numbers classes from 1, with 0 for background, needs labels - 1)"
-            )
-
-        # The cell holding each box's centre; a centre on the image's far edge goes to the last.
-        box_centers = (boxes[:, :2] + boxes[:, 2:]) / 2  # (N, 2)
-        ci = (box_centers[:, 1] / stride).floor().long().clamp(0, h - 1)  # (N,)
-        cj = (box_centers[:, 0] / stride).floor().long().clamp(0, w - 1)
-        drow = (rows[None] - ci[:, None]).abs()  # (N, HW) distance in cells to the centre cell
-        dcol = (cols[None] - cj[:, None]).abs()
-        inside = (
-            (centers[None, :, 0] > boxes[:, None, 0])
-            & (centers[None, :, 0] < boxes[:, None, 2])
-            & (centers[None, :, 1] > boxes[:, None, 1])
-            & (centers[None, :, 1] < boxes[:, None, 3])
-        )  # (N, HW)
-        candidate = ((drow <= radius) & (dcol <= radius) & inside) | ((drow == 0) & (dcol == 0))
-
-        # Each cell takes its smallest candidate box: inf where a box does not claim the cell.
-        cost = torch.where(candidate, ops.box_area(boxes)[:, None], torch.inf)  # (N, HW)
-        min_area, winner = cost.min(dim=0)  # (HW,) each
-        positive = torch.isfinite(min_area)
-        obj_target[b] = positive.float()
-        cls_target[b] = torch.where(positive, labels[winner], -1)
-        box_target[b] = torch.where(positive[:, None], boxes[winner], 0.0)
+    # Each cell takes its smallest candidate box: inf where a box does not claim the cell.
+    area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])  # (B, N)
+    cost = torch.where(candidate, area[..., None], torch.inf)  # (B, N, HW)
+    min_area, winner = cost.min(dim=1)  # (B, HW) each
+    positive = torch.isfinite(min_area)
+    obj_target = positive.float()
+    cls_target = torch.where(positive, labels.gather(1, winner), -1)
+    won = boxes.gather(1, winner[..., None].expand(-1, -1, 4))  # (B, HW, 4)
+    box_target = torch.where(positive[..., None], won, 0.0)
     return obj_target, cls_target, box_target
+
+
+def pad_targets(
+    targets: list[dict[str, torch.Tensor]], device=None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-image boxes (N_i, 4) and labels (N_i,) -> boxes (B, N, 4) float32, labels (B, N)
+    int64 and valid (B, N) bool, N = max N_i: one tensor for the batch, so the assignment is a
+    few batched ops instead of a loop of them per image."""
+    boxes = [t["boxes"].to(device, torch.float32).reshape(-1, 4) for t in targets]
+    labels = [t["labels"].to(device, torch.int64).reshape(-1) for t in targets]
+    for b, (bx, lb) in enumerate(zip(boxes, labels, strict=True)):
+        if len(bx) != len(lb):
+            raise ValueError(f"image {b}: {len(bx)} boxes but {len(lb)} labels")
+    if not targets:
+        return torch.zeros(0, 0, 4, device=device), torch.zeros(0, 0, dtype=torch.int64), None
+    counts = torch.tensor([len(bx) for bx in boxes], device=device)
+    valid = torch.arange(int(counts.max()), device=device) < counts[:, None]  # (B, N)
+    boxes = torch.nn.utils.rnn.pad_sequence(boxes, batch_first=True)
+    labels = torch.nn.utils.rnn.pad_sequence(labels, batch_first=True)
+    return boxes, labels, valid
+
+
+def check_labels(labels: torch.Tensor, valid: torch.Tensor, num_classes: int) -> None:
+    """Labels of the boxes that count must be in [0, num_classes): one check for the batch."""
+    bad = valid & ((labels < 0) | (labels >= num_classes))  # (B, N)
+    if bool(bad.any()):
+        b = int(bad.any(dim=1).nonzero()[0])
+        raise ValueError(
+            f"image {b}: labels must be in [0, {num_classes}), got {labels[b][valid[b]].tolist()} "
+            "(a dataset that numbers classes from 1, with 0 for background, needs labels - 1)"
+        )
 
 
 def detection_loss(
@@ -200,10 +227,30 @@ def postprocess(
     class-aware, so a rider and their horse do not suppress each other. The low default
     threshold keeps the low-confidence detections that mAP's precision-recall curve needs.
     """
-    boxes, scores, labels = candidates(outputs, stride)
+    boxes, scores, labels = candidates(outputs, stride)  # (B, HW, 4), (B, HW), (B, HW)
+    B, HW = scores.shape
+    image = torch.arange(B, device=scores.device)[:, None].expand(B, HW)
+    keep = scores > score_threshold
+    boxes, scores, labels, image = boxes[keep], scores[keep], labels[keep], image[keep]
+    # One NMS for the whole batch: a box competes only with boxes of its image and class.
+    num_classes = outputs.shape[-1] - 5
+    kept = ops.batched_nms(boxes, scores, image * num_classes + labels, iou_threshold)
+    # `kept` is best first over the batch; regroup by image (stable: still best first in each)
+    # and keep each image's first max_detections.
+    kept = kept[torch.sort(image[kept], stable=True).indices]
+    per_image = torch.bincount(image[kept], minlength=B)  # (B,)
+    first = torch.cumsum(per_image, 0) - per_image  # where each image's run starts
+    rank = torch.arange(len(kept), device=kept.device) - first[image[kept]]
+    kept = kept[rank < max_detections]
+    sizes = per_image.clamp(max=max_detections).tolist()  # the one sync
     return [
-        nms(*image, score_threshold, iou_threshold, max_detections)
-        for image in zip(boxes, scores, labels, strict=True)
+        {"boxes": b, "scores": s, "labels": c}
+        for b, s, c in zip(
+            boxes[kept].split(sizes),
+            scores[kept].split(sizes),
+            labels[kept].split(sizes),
+            strict=True,
+        )
     ]
 
 
