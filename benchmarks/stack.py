@@ -6,6 +6,11 @@ toggle_optimizer, manual_backward) against the same two steps written by hand. S
 throughput is timed after `--warmup` steps; start-up (building the Trainer, sanity check) is
 reported apart. Every run is a fresh process, as a user's run is (a second Trainer in one process
 inherits the first one's heap and threads). Run: `make bench` or `python -m benchmarks.stack`.
+
+`--overhead` times the stack's own cost per step: the mnist net at width 4, batch 8, one thread,
+so small that the step is mostly host work (Python, dispatch, Lightning's loop, logging,
+callbacks); it prints µs per step of both paths and their difference. At GPU pace (a few ms per
+step) that difference is what decides the ratio to a hand-written loop.
 """
 
 import argparse
@@ -179,9 +184,17 @@ def plain_gan_step(model, cfg):
 
 
 def worker(
-    path: str, project: str, steps: int, warmup: int, batch_size: int, overrides: list[str]
+    path: str,
+    project: str,
+    steps: int,
+    warmup: int,
+    batch_size: int,
+    overrides: list[str],
+    threads: int | None = None,
 ) -> None:
     """One timed run in this process; prints its (wall, cpu, start-up) seconds as JSON."""
+    if threads:
+        torch.set_num_threads(threads)
     with TemporaryDirectory() as tmp:
         cfg = bench_config(Path(tmp), steps, batch_size, overrides, project)
         result = {"plain": run_plain, "lightning": run_lightning}[path](cfg, warmup)
@@ -212,6 +225,7 @@ def spawn(path: str, args) -> tuple[float, float, float]:
         str(args.warmup),
         "--batch-size",
         str(args.batch_size),
+        *(["--threads", str(args.threads)] if args.threads else []),
         *args.overrides,
     ]
     return tuple(run_worker(command, f"benchmark run failed ({path})"))
@@ -226,14 +240,32 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds; medians shown")
     parser.add_argument("--project", choices=["mnist", "gan"], default="mnist")
+    parser.add_argument("--threads", type=int, help="torch threads in each run (default: torch's)")
+    parser.add_argument(
+        "--overhead",
+        action="store_true",
+        help="the per-step cost of the stack: width 4, batch 8, 1 thread, 1060 steps",
+    )
     parser.add_argument("--worker", choices=["plain", "lightning"], help=argparse.SUPPRESS)
     parser.add_argument(
         "overrides", nargs="*", help="Hydra overrides for both paths, e.g. model.net.width=64"
     )
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, args.project, args.steps, args.warmup, args.batch_size, args.overrides)
+        worker(
+            args.worker,
+            args.project,
+            args.steps,
+            args.warmup,
+            args.batch_size,
+            args.overrides,
+            args.threads,
+        )
         return
+    if args.overhead:  # host work dominates: what the stack adds per step shows
+        args.batch_size, args.threads = 8, 1
+        args.steps = max(args.steps, 1060)
+        args.overrides = ["model.net.width=4", *args.overrides]
 
     timed = args.steps - args.warmup
     results = {"plain": [], "lightning": []}
@@ -251,7 +283,8 @@ def main() -> None:
     what = "mnist ConvNet" if args.project == "mnist" else "gan DCGAN (28x28, D then G)"
     print(
         f"\n{what}, batch {args.batch_size}, {timed} timed steps after {args.warmup} warm-up,"
-        f" {torch.get_num_threads()} threads, medians of {args.rounds} rounds"
+        f" {args.threads or torch.get_num_threads()} threads, medians of {args.rounds} rounds"
+        + (", width 4 (host overhead)" if args.overhead else "")
     )
     print(f"{'path':<24}{'samples/s':>11}{'ms/step':>9}{'CPU ms/step':>13}{'start-up s':>12}")
     for name, label in (("plain", "plain PyTorch loop"), ("lightning", "make train stack")):
@@ -271,6 +304,13 @@ def main() -> None:
         f"time ratio, stack / plain loop: {statistics.median(ratios):.3f}x wall, "
         f"{cpu_ratio:.3f}x CPU (target <= 1.05x)"
     )
+    if args.overhead:
+        per_step = [1e6 * (lt[0] - pl[0]) / timed for lt, pl in pairs]  # µs, per round
+        plain_us = 1e6 * statistics.median(r[0] for r in results["plain"]) / timed
+        print(
+            f"overhead: {statistics.median(per_step):.0f} µs per step over the plain loop's "
+            f"{plain_us:.0f} µs (per round: {' '.join(f'{u:.0f}' for u in per_step)})"
+        )
 
 
 if __name__ == "__main__":
