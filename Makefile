@@ -63,8 +63,9 @@ test: $(PY) ## The quick loop: every tier but the slow tests (minutes on 2 CPU c
 test-all: $(PY) ## Every test, the slow ones included: what CI runs
 	$(PY) -m pytest $(ARGS)
 
-bench: $(PY) ## Benchmarks: make-train stack vs plain loop (ARGS go to it), tensor loader vs DataLoader, audio features, RL env steps/s, export parity and ORT vs eager, int8 paths, swish variants (C++ op)
+bench: $(PY) ## Benchmarks: make-train stack vs plain loop (ARGS go to it) and its per-step overhead, tensor loader vs DataLoader, audio features, RL env steps/s, export parity and ORT vs eager, int8 paths, swish variants (C++ op)
 	$(PY) -m benchmarks.stack $(ARGS)
+	$(PY) -m benchmarks.stack --overhead
 	$(PY) -m benchmarks.loaders
 	$(PY) -m benchmarks.audio
 	$(PY) -m benchmarks.rl

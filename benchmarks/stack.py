@@ -233,7 +233,7 @@ def spawn(path: str, args) -> tuple[float, float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=260)
+    parser.add_argument("--steps", type=int, help="default 260; 1060 with --overhead")
     # Past the first logging step (50): the first TensorBoard write imports and opens files, a
     # one-off cost that would otherwise read as per-step overhead in a short timed window.
     parser.add_argument("--warmup", type=int, default=60)
@@ -251,7 +251,7 @@ def main() -> None:
         "overrides", nargs="*", help="Hydra overrides for both paths, e.g. model.net.width=64"
     )
     args = parser.parse_args()
-    if args.worker:
+    if args.worker:  # spawned with every option explicit
         worker(
             args.worker,
             args.project,
@@ -264,8 +264,8 @@ def main() -> None:
         return
     if args.overhead:  # host work dominates: what the stack adds per step shows
         args.batch_size, args.threads = 8, 1
-        args.steps = max(args.steps, 1060)
         args.overrides = ["model.net.width=4", *args.overrides]
+    args.steps = args.steps or (1060 if args.overhead else 260)
 
     timed = args.steps - args.warmup
     results = {"plain": [], "lightning": []}

@@ -18,6 +18,15 @@ def test_stack_benchmark_runs_both_paths(project):
     assert re.search(r"time ratio, stack / plain loop: \d+\.\d+x wall", result.stdout)
 
 
+def test_stack_benchmark_prints_the_per_step_overhead():
+    tiny = ["--overhead", "--steps", "30", "--warmup", "10", "--rounds", "1"]
+    result = run(sys.executable, "-m", "benchmarks.stack", *tiny)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(
+        r"^overhead: -?\d+ µs per step over the plain loop's \d+ µs", result.stdout, re.M
+    )
+
+
 def test_loader_benchmark_runs_every_path():
     result = run(sys.executable, "-m", "benchmarks.loaders", "--samples", "2000")
     assert result.returncode == 0, result.stderr[-3000:]
