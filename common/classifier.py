@@ -59,7 +59,8 @@ class Classifier(TemplateModule):
     def training_step(self, batch, batch_idx):
         inputs, y = self.unpack(batch)
         loss = F.cross_entropy(self(*inputs), y, label_smoothing=self.label_smoothing)
-        self.log("train/loss", loss, prog_bar=True)
+        if self.logs_this_step():
+            self.log("train/loss", loss, prog_bar=True)
         return loss
 
     def evaluate(self, batch, stage: str) -> torch.Tensor:

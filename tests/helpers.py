@@ -29,3 +29,12 @@ class SignalAt(Callback):
                 os.killpg(os.getpgid(0), self.signum)
             else:
                 os.kill(os.getpid(), self.signum)
+
+
+class RecordLosses(Callback):
+    """Keeps each training step's returned loss, by step, in `RecordLosses.losses`."""
+
+    losses: dict[int, float] = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        RecordLosses.losses[trainer.global_step - 1] = float(outputs["loss"])

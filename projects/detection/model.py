@@ -71,8 +71,9 @@ class DetectionModel(TemplateModule):
     def training_step(self, batch, batch_idx):
         images, targets = batch
         losses = self.loss(self(images), targets)
-        self.log("train/loss", losses["loss"], prog_bar=True)
-        self.log_dict({f"train/{k}": v for k, v in losses.items() if k != "loss"})
+        if self.logs_this_step():
+            self.log("train/loss", losses["loss"], prog_bar=True)
+            self.log_dict({f"train/{k}": v for k, v in losses.items() if k != "loss"})
         return losses["loss"]
 
     def evaluate(self, batch, stage: str) -> list[dict]:

@@ -26,7 +26,8 @@ class LinearRegression(TemplateModule):
     def training_step(self, batch, batch_idx):
         x, y = batch
         loss = F.mse_loss(self(x), y)
-        self.log("train/loss", loss, prog_bar=True)
+        if self.logs_this_step():
+            self.log("train/loss", loss, prog_bar=True)
         return loss
 
     def validation_step(self, batch, batch_idx):

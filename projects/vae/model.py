@@ -105,9 +105,10 @@ class VAE(TemplateModule):
 
     def training_step(self, batch, batch_idx):
         terms = self.terms(batch[0])
-        self.log("train/loss", terms["loss"], prog_bar=True)
-        self.log("train/recon", terms["recon"])
-        self.log("train/kl", terms["kl"])
+        if self.logs_this_step():
+            self.log("train/loss", terms["loss"], prog_bar=True)
+            self.log("train/recon", terms["recon"])
+            self.log("train/kl", terms["kl"])
         return terms["loss"]
 
     def evaluate(self, batch, stage: str) -> None:
