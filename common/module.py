@@ -42,6 +42,7 @@ class TemplateModule(L.LightningModule):
         trainer = self.trainer
         if (
             trainer.fast_dev_run
+            or trainer.should_stop  # Lightning writes the step a stop was asked at
             or trainer.log_every_n_steps <= 1
             or not self.automatic_optimization
         ):
