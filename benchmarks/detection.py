@@ -8,11 +8,10 @@ every cell a candidate (an untrained net's first validation).
 """
 
 import argparse
-import statistics
-import time
 
 import torch
 
+from benchmarks.export import ms_per_call
 from projects.detection.boxes import detection_loss, postprocess
 
 GRID, STRIDE, CLASSES = 16, 8, 3
@@ -27,17 +26,6 @@ def targets(gen: torch.Generator, batch: int) -> list[dict[str, torch.Tensor]]:
         labels = torch.randint(0, CLASSES, (n,), generator=gen)
         made.append({"boxes": torch.cat([xy, xy + wh], dim=1), "labels": labels})
     return made
-
-
-def median_ms(f, calls: int) -> float:
-    for _ in range(5):
-        f()
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
 
 
 def main() -> None:
@@ -57,9 +45,9 @@ def main() -> None:
         detection_loss(outputs, boxes, STRIDE, CLASSES)["loss"].backward()
 
     rows = {
-        "assignment + loss + backward": median_ms(loss_step, args.calls),
-        "postprocess, few candidates": median_ms(lambda: postprocess(few, STRIDE), args.calls),
-        "postprocess, every cell": median_ms(lambda: postprocess(raw, STRIDE), args.calls),
+        "assignment + loss + backward": ms_per_call(loss_step, (), args.calls),
+        "postprocess, few candidates": ms_per_call(postprocess, (few, STRIDE), args.calls),
+        "postprocess, every cell": ms_per_call(postprocess, (raw, STRIDE), args.calls),
     }
     print(f"detection box logic, batch {args.batch}, {GRID}x{GRID} cells, 1 thread, medians")
     for name, ms in rows.items():

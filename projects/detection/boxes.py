@@ -140,7 +140,8 @@ def pad_targets(
         if len(bx) != len(lb):
             raise ValueError(f"image {b}: {len(bx)} boxes but {len(lb)} labels")
     if not targets:
-        return torch.zeros(0, 0, 4, device=device), torch.zeros(0, 0, dtype=torch.int64), None
+        empty = torch.zeros(0, 0, device=device)
+        return empty[..., None].expand(0, 0, 4), empty.long(), empty.bool()
     counts = torch.tensor([len(bx) for bx in boxes], device=device)
     valid = torch.arange(int(counts.max()), device=device) < counts[:, None]  # (B, N)
     boxes = torch.nn.utils.rnn.pad_sequence(boxes, batch_first=True)
