@@ -2,6 +2,7 @@
 
 import os
 from collections.abc import Iterable
+from pathlib import Path
 
 import lightning as L
 import rich
@@ -14,7 +15,7 @@ from lightning.fabric.plugins import CheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback
 from lightning.pytorch.loggers import Logger
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from common.errors import UserError
@@ -46,9 +47,73 @@ def instantiate_loggers(cfg: DictConfig) -> list[Logger]:
     return instantiate_all(cfg.get("logger"))
 
 
+BF16 = ("bf16-mixed", "bf16-true", "bf16")
+# oneDNN's own ISA cap (ONEDNN_MAX_CPU_ISA): the values at or above its first bf16 instructions.
+ONEDNN_BF16_ISAS = ("ALL", "DEFAULT", "AVX512_CORE_BF16", "AVX10_1_512", "AVX512_CORE_AMX")
+
+
+def cpu_bf16_feature() -> str | None:
+    """The CPU feature that computes bf16 natively, as Linux names it (x86 `avx512_bf16` or
+    `amx_bf16`, Arm `bf16`); None without one, or when it cannot be read (not Linux)."""
+    limit = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+    if not limit.startswith(ONEDNN_BF16_ISAS):  # oneDNN was told not to use them
+        return None
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    words = set(text.split())
+    return next((f for f in ("amx_bf16", "avx512_bf16", "bf16") if f in words), None)
+
+
+def trainer_device(accelerator: str) -> str:
+    """The device type Lightning's `accelerator` choice lands on: "cuda", "mps" or "cpu"."""
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        return "cuda"
+    if accelerator in ("mps", "auto") and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu" if accelerator in ("cpu", "auto") else accelerator
+
+
+def hardware_precision(cfg: DictConfig) -> str | None:
+    """The precision to train in when `trainer.precision` asks for bf16: bf16 where the device
+    computes it natively, else 32-true, with one line saying which (None: leave it as it is).
+
+    Without native bf16, autocast emulates it: a CPU limited to AVX2 ran the speed recipe's
+    step 15x slower in bf16 than in fp32 (README, "Speed"). `precision_follows_hardware=false`
+    keeps bf16 anyway (to study its numerics, say).
+    """
+    asked = str(cfg.trainer.get("precision"))
+    if asked not in BF16 or not cfg.get("precision_follows_hardware", True):
+        return None
+    device = trainer_device(str(cfg.trainer.get("accelerator", "auto")))
+    keep = "(precision_follows_hardware=false keeps bf16)"
+    if device == "cpu":
+        feature = cpu_bf16_feature()
+        if feature:
+            rank_zero_info(f"precision: {asked} (this CPU computes bf16 natively: {feature})")
+            return None
+        rank_zero_info(
+            f"precision: 32-true, not {asked}: this CPU has no native bf16 (avx512_bf16, "
+            f"amx_bf16 or Arm bf16), where bf16 runs several times slower than fp32 {keep}"
+        )
+        return "32-true"
+    if device == "cuda" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported(False):
+        rank_zero_info(
+            f"precision: 32-true, not {asked}: this GPU has no native bf16 (compute capability "
+            f"8.0 and newer has it); trainer.precision=16-mixed uses its fp16 units {keep}"
+        )
+        return "32-true"
+    return None
+
+
 def instantiate_trainer(cfg: DictConfig, **kwargs) -> L.Trainer:
     """The Trainer, its checkpoints carrying a sha256 of their contents that every load checks
-    (`common.integrity`); asking for hardware this machine lacks is a user error."""
+    (`common.integrity`), in bf16 only where the device computes it natively
+    (`hardware_precision`); asking for hardware this machine lacks is a user error."""
+    precision = hardware_precision(cfg)
+    if precision is not None:
+        kwargs["precision"] = precision
     given = cfg.trainer.get("plugins")
     given = [] if given is None else given if isinstance(given, ListConfig) else [given]
     plugins = [instantiate(p) for p in given]

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
@@ -54,6 +55,15 @@ def check_sweep_strategy(cfg: DictConfig) -> None:
         )
 
 
+def set_threads(threads) -> None:
+    """`threads=<n>`: torch's intra-op threads for this process; null keeps torch's default."""
+    if threads is None:
+        return
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise UserError(f"threads={threads!r}: give a number >= 1, or null for one per core")
+    torch.set_num_threads(threads)
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit and test one run; return its final metrics plus `score`, the best monitored value."""
     if not (cfg.get("train") or cfg.get("test")):
@@ -64,6 +74,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if which not in ("best", "last"):
         raise UserError(f"test_ckpt={which!r} is not one of best, last")
     check_sweep_strategy(cfg)
+    set_threads(cfg.get("threads"))
     L.seed_everything(cfg.seed, workers=True)
     if cfg.get("print_config"):
         print_config_tree(cfg)

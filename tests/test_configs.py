@@ -293,3 +293,43 @@ def test_more_gpus_than_the_machine_has_is_one_readable_error(tmp_path, project)
     with pytest.raises(UserError, match=f"This machine has {have} CUDA GPU") as info:
         instantiate_trainer(cfg)
     assert "\n" not in str(info.value)  # one line
+
+
+@pytest.mark.parametrize(
+    ("feature", "follow", "expected"),
+    [("avx512_bf16", True, "bf16-mixed"), (None, True, "32-true"), (None, False, "bf16-mixed")],
+)
+def test_bf16_only_where_the_cpu_computes_it(tmp_path, monkeypatch, caplog, feature, follow, expected):
+    # The speed recipe's bf16 on a CPU without bf16 instructions: 15x slower than fp32.
+    monkeypatch.setattr("common.instantiate.cpu_bf16_feature", lambda: feature)
+    overrides = ["trainer=cpu", "trainer.precision=bf16-mixed"]
+    cfg = make_config(tmp_path, [*overrides, f"precision_follows_hardware={follow}"])
+    with caplog.at_level("INFO"):
+        assert instantiate_trainer(cfg).precision == expected
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("precision:")]
+    assert len(said) == int(follow)  # one line saying which, unless told to keep bf16
+    if follow:
+        assert said[0].startswith(f"precision: {expected}")
+
+
+def test_an_isa_capped_onednn_has_no_native_bf16(monkeypatch):
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # how this machine imitates an AVX2 one
+    from common.instantiate import cpu_bf16_feature
+
+    assert cpu_bf16_feature() is None
+
+
+def test_threads_sets_torchs_pool_and_refuses_nonsense():
+    from common.train import set_threads
+
+    before = torch.get_num_threads()
+    try:
+        set_threads(1)
+        assert torch.get_num_threads() == 1
+        set_threads(None)  # torch's default stays as it is
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    for bad in (0, -2, "many", True):
+        with pytest.raises(UserError, match="threads="):
+            set_threads(bad)
