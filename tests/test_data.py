@@ -9,6 +9,7 @@ from torch.utils.data import TensorDataset
 
 from common.data import DataModule, Splits, TensorLoader
 from common.data.base import split
+from common.data.cifar10 import CIFAR10DataModule
 from common.data.mnist import RAW_FILES, MNISTDataModule, write_synthetic_mnist
 from common.data.synthetic import synthetic_images
 from common.errors import UserError
@@ -310,7 +311,6 @@ def fake_cifar(root: Path, per_batch: int = 20) -> Path:
 
 
 def test_cifar10_reads_the_batch_files_into_uint8_tensors(tmp_path):
-    from common.data.cifar10 import CIFAR10DataModule
 
     fake_cifar(tmp_path)
     dm = CIFAR10DataModule(
@@ -325,7 +325,6 @@ def test_cifar10_reads_the_batch_files_into_uint8_tensors(tmp_path):
 
 
 def test_missing_cifar10_names_folder_files_and_switch(tmp_path):
-    from common.data.cifar10 import CIFAR10DataModule
 
     dm = CIFAR10DataModule(str(tmp_path), in_chans=3, image_size=32, download=False)
     with pytest.raises(UserError) as info:
@@ -348,3 +347,23 @@ def test_flip_and_translate_keep_shape_and_move_pixels():
         assert torch.equal(a, b) or torch.equal(a, b.flip(2))
     shifted = flip_and_translate(torch.ones(16, 1, 8, 8), flip=False, padding=2)
     assert shifted.sum((1, 2, 3)).min() >= 6 * 6  # at most 2 rows and 2 columns of zero padding
+
+
+def test_alternating_flips_mirror_each_image_in_every_other_epoch(tmp_path):
+    # airbench's schedule: an image seen as is in one epoch is seen mirrored in the next.
+    dm = CIFAR10DataModule(
+        str(tmp_path), synthetic=True, synthetic_size=(400, 50), val_size=50, flip="alternate"
+    )
+    dm.setup("fit")
+    x = dm.train_set.tensors[0][:256]  # (256, 3, 32, 32) uint8
+    plain = dm.transform(x, train=False)
+    epochs = [dm.transform(x, train=True, epoch=e) for e in range(3)]
+    mirrored = [(e != plain).flatten(1).any(1) for e in epochs]  # (256,) each: flipped or not
+    for out in epochs:
+        for a, b in zip(out, plain, strict=True):
+            assert torch.equal(a, b) or torch.equal(a, b.flip(2))
+    assert 0.35 < mirrored[0].float().mean() < 0.65  # about half start mirrored
+    assert torch.equal(mirrored[1], ~mirrored[0])  # and swap sides each epoch
+    assert torch.equal(mirrored[2], mirrored[0])
+    with pytest.raises(UserError, match="data.flip='sometimes'"):
+        CIFAR10DataModule(str(tmp_path), synthetic=True, flip="sometimes")

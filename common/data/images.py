@@ -29,18 +29,23 @@ _OPENING = threading.Lock()  # catch_warnings swaps process-wide state; decode_i
 
 
 def flip_and_translate(
-    images: torch.Tensor, flip: bool, padding: int, padding_mode: str = "constant"
+    images: torch.Tensor,
+    flip: bool | torch.Tensor,
+    padding: int,
+    padding_mode: str = "constant",
 ) -> torch.Tensor:
-    """Random horizontal flips and random crops from a padded image, per sample, in one go.
+    """Horizontal flips and random crops from a padded image, per sample, in one go.
 
-    images: float (B, C, H, W) on any device; returns the same shape. `padding_mode` is
-    "constant" (zeros, torchvision's RandomCrop default) or "reflect" (airbench's choice). Uses
-    torch's global RNG on the images' device, which `seed_everything` seeds.
+    images: float (B, C, H, W) on any device; returns the same shape. `flip`: True flips a
+    random half, or a bool (B,) tensor says which images to flip. `padding_mode` is "constant"
+    (zeros, torchvision's RandomCrop default) or "reflect" (airbench's choice). Uses torch's
+    global RNG on the images' device, which `seed_everything` seeds.
     """
     b, _, h, w = images.shape
-    if flip:
-        flipped = torch.rand(b, device=images.device) < 0.5
-        images = torch.where(flipped[:, None, None, None], images.flip(3), images)
+    if flip is True:
+        flip = torch.rand(b, device=images.device) < 0.5
+    if isinstance(flip, torch.Tensor):
+        images = torch.where(flip[:, None, None, None], images.flip(3), images)
     if padding > 0:
         padded = F.pad(images, (padding,) * 4, mode=padding_mode)  # (B, C, H + 2p, W + 2p)
         dy = torch.randint(0, 2 * padding + 1, (b, 1), device=images.device)
@@ -242,7 +247,8 @@ class ImageDataModule(DataModule):
     Batches leave the loader as (uint8 images (B, H, W) or (B, C, H, W), int64 labels (B,)), a
     quarter of the bytes of floats; `on_after_batch_transfer` runs on the training device and
     makes normalized floats (B, C, H, W), augmented while training: `auto_augment`
-    ("randaugment" | "autoaugment", on uint8), `flip`, `crop_padding` (random translation, with
+    ("randaugment" | "autoaugment", on uint8), `flip` (true: a random half of each
+    batch; "alternate": each image in every other epoch), `crop_padding` (random translation, with
     `padding_mode` "constant" or "reflect"), then `cutout` (square size, 0 = off).
 
     `normalize` sets the value range: "standard" (per-channel mean 0, std 1: classifiers; with
@@ -266,7 +272,7 @@ class ImageDataModule(DataModule):
         in_chans: int = 1,
         image_size: int = 28,
         synthetic_size: tuple[int, int] = (12000, 2000),
-        flip: bool = False,
+        flip: bool | str = False,
         crop_padding: int = 0,
         padding_mode: str = "constant",
         cutout: int = 0,
@@ -286,6 +292,8 @@ class ImageDataModule(DataModule):
                 )
         if in_chans not in (1, 3):
             raise UserError(f"data.in_chans={in_chans} must be 3 (RGB) or 1 (grey)")
+        if flip not in (False, True, "alternate"):
+            raise UserError(f"data.flip={flip!r} is not true, false or alternate")
         if padding_mode not in ("constant", "reflect"):
             raise UserError(f"data.padding_mode={padding_mode!r} is not constant or reflect")
         if auto_augment not in (None, *AUTO_AUGMENT):
@@ -325,17 +333,23 @@ class ImageDataModule(DataModule):
         self.normalizer = Normalizer(self.mean, self.std)
         return train, val, test
 
-    def transform(self, images: torch.Tensor, train: bool) -> torch.Tensor:
+    def transform(self, images: torch.Tensor, train: bool, epoch: int = 0) -> torch.Tensor:
         """uint8 images (B, H, W) or (B, C, H, W) -> normalized floats (B, C, H, W), augmented
-        when `train`."""
+        when `train` (`epoch` decides `flip="alternate"`'s side)."""
         if images.ndim == 3:
             images = images.unsqueeze(1)  # (B, H, W) -> (B, 1, H, W)
+        flip = self.flip
+        if train and flip == "alternate":
+            # Each image mirrored in every other epoch (airbench): which ones start mirrored is
+            # fixed per image by the parity of its pixel sum (batches carry no dataset index;
+            # mirroring keeps the sum), and the epoch's parity swaps them.
+            flip = (images.sum(dim=(1, 2, 3)) + epoch) % 2 == 1  # (B,) bool
         if train and self.auto_augment:
             images = auto_augment(images, self.auto_augment, self.auto_augment_groups)
         images = images.float()  # (B, C, H, W), 0..255
         if train and (self.flip or self.crop_padding):
             # Before normalizing, so constant padding is black, as with torchvision's RandomCrop.
-            images = flip_and_translate(images, self.flip, self.crop_padding, self.padding_mode)
+            images = flip_and_translate(images, flip, self.crop_padding, self.padding_mode)
         images = self.normalizer(images)
         if train and self.cutout:
             images = cutout(images, self.cutout)
@@ -346,7 +360,8 @@ class ImageDataModule(DataModule):
         if images.dtype != torch.uint8:
             return images, labels
         train = self.trainer is not None and self.trainer.training
-        return self.transform(images, train), labels
+        epoch = self.trainer.current_epoch if train else 0
+        return self.transform(images, train, epoch), labels
 
     def spec(self) -> DataSpec:
         c = self.in_chans
