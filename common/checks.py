@@ -194,8 +194,21 @@ def check_types(cfg: DictConfig) -> None:
             check_node(target, path)
 
 
+def check_validation(cfg: DictConfig) -> None:
+    """Early stopping watches a validation metric: with no validation batches at all, Lightning
+    would end the first epoch in a traceback."""
+    trainer, callbacks = cfg.get("trainer") or {}, cfg.get("callbacks") or {}
+    stopper = callbacks.get("early_stopping")
+    if trainer.get("limit_val_batches") == 0 and stopper is not None and cfg.get("train", True):
+        raise UserError(
+            f"trainer.limit_val_batches=0 runs no validation, and early stopping watches "
+            f"{stopper.get('monitor')}: add callbacks.early_stopping=null"
+        )
+
+
 def check_config(cfg: DictConfig) -> None:
     """Check `cfg` and the hardware it asks for, before any work."""
     check_types(cfg)
+    check_validation(cfg)
     check_processes(cfg)  # first: its fix (one device) also fixes a lack of GPUs
     check_hardware(cfg)

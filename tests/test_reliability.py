@@ -380,6 +380,18 @@ def test_a_value_of_the_wrong_type_is_refused_naming_the_key(config, override, m
         check_config(config("project=linreg", override))
 
 
+@pytest.mark.parametrize("project", ["mnist", "detection"])
+def test_no_validation_with_early_stopping_is_one_error(config, project):
+    # Lightning ended the first epoch in a traceback ("metric val/map50 not available").
+    from common.checks import check_config
+
+    with pytest.raises(UserError, match="limit_val_batches=0 runs no validation.*val/"):
+        check_config(config(f"project={project}", "trainer.limit_val_batches=0"))
+    check_config(
+        config(f"project={project}", "trainer.limit_val_batches=0", "callbacks.early_stopping=null")
+    )
+
+
 def test_the_valid_values_of_every_project_pass_the_check(config):
     from common.checks import check_config
 
