@@ -12,8 +12,12 @@
 #    github.com/KellerJordan/cifar10-airbench; not vendored here), the reference on the same
 #    5,000/45,000 split, `runs` times after its warm-up; prints both and the time ratio, and
 #    writes the summary to benchmarks/results/speedrun_vs_airbench_<gpu>.txt.
-# 2. vit (tiny), 3 epochs, bf16: throughput.
-# 3. `data.loader=device` against the DataLoader paths (benchmarks/loaders.py).
+# 2. vit (tiny), 3 epochs, bf16: throughput; then benchmarks/vit.py --compile: the step's time,
+#    fused AdamW, compile and its payback, MFU, the attention kernel SDPA chose.
+# 3. detection (synthetic shapes), 2 epochs, bf16: throughput.
+# 4. benchmarks/stack.py --device cuda: the stack against a plain loop at GPU pace (mnist
+#    batch 128), and --overhead (width 4, batch 8): the per-step cost.
+# 5. `data.loader=device` against the DataLoader paths (benchmarks/loaders.py).
 # The whole output goes to benchmarks/results/gpu_speedrun_<gpu>.txt (RESULTS=<file> moves it).
 # Environment: LOG=<file> keeps the full output of every run there; EXTRA="<overrides>" is added
 # to every training command (e.g. a CPU dry run: EXTRA="+trainer.limit_train_batches=2").
@@ -42,6 +46,16 @@ quiet="logger=csv print_config=false"
 echo "== vit tiny, 3 epochs, bf16"
 python -m common.train project=vit $data $quiet trainer.max_epochs=3 trainer.precision=bf16-mixed $extra 2>&1 \
   | tee -a "$log" | grep -E "^epoch|test/acc|Error|error" || true
+
+python -m benchmarks.vit --compile
+
+echo "== detection, 2 epochs, bf16"
+python -m common.train project=detection $quiet trainer.max_epochs=2 trainer.precision=bf16-mixed $extra 2>&1 \
+  | tee -a "$log" | grep -E "^epoch|test/map|Error|error" || true
+
+echo "== stack vs plain loop on the GPU"
+python -m benchmarks.stack --device cuda --rounds 3
+python -m benchmarks.stack --device cuda --overhead --rounds 3
 
 echo "== loaders"
 python -m benchmarks.loaders --batch-size 512 ${LOADER_SAMPLES:+--samples $LOADER_SAMPLES}

@@ -10,7 +10,8 @@ inherits the first one's heap and threads). Run: `make bench` or `python -m benc
 `--overhead` times the stack's own cost per step: the mnist net at width 4, batch 8, one thread,
 so small that the step is mostly host work (Python, dispatch, Lightning's loop, logging,
 callbacks); it prints µs per step of both paths and their difference. At GPU pace (a few ms per
-step) that difference is what decides the ratio to a hand-written loop.
+step) that difference is what decides the ratio to a hand-written loop. `--device cuda` runs
+both paths on the GPU (the data resident there for both, as `data.loader=device` keeps it).
 """
 
 import argparse
@@ -29,6 +30,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
+from torch.utils.data import TensorDataset
 
 from common.instantiate import instantiate_callbacks, instantiate_loggers, instantiate_model
 from common.resolvers import REPO_ROOT, register_resolvers
@@ -37,8 +39,10 @@ from common.resolvers import REPO_ROOT, register_resolvers
 STEPS_PER_BATCH = {"gan": 2}
 
 
-def clocks() -> tuple[float, float]:
-    """(wall seconds, CPU seconds of every thread of this process)."""
+def clocks(device: torch.device | None = None) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of every thread of this process), once a GPU has finished."""
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
     return time.perf_counter(), time.process_time()
 
 
@@ -50,14 +54,19 @@ class StepTimer(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.global_step == self.warmup:
-            self.start = clocks()
+            self.start = clocks(pl_module.device)
 
     def on_train_end(self, trainer, pl_module):
-        self.end = clocks()
+        self.end = clocks(pl_module.device)
 
 
 def bench_config(
-    out: Path, steps: int, batch_size: int, extra: list[str] = (), project: str = "mnist"
+    out: Path,
+    steps: int,
+    batch_size: int,
+    extra: list[str] = (),
+    project: str = "mnist",
+    device: str = "cpu",
 ):
     """A project's config on synthetic data, `steps` batches, no validation, under `out`."""
     per_batch = STEPS_PER_BATCH.get(project, 1)
@@ -70,7 +79,7 @@ def bench_config(
         f"trainer.max_steps={steps * per_batch}",
         "trainer.max_epochs=-1",
         "trainer.limit_val_batches=0",
-        "trainer.accelerator=cpu",
+        f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}",
         # No validation in either path: nothing for these two to watch.
         "callbacks.early_stopping=null",
         "callbacks.model_checkpoint.monitor=null",
@@ -118,8 +127,11 @@ def run_plain(cfg, warmup: int) -> tuple[float, float, float]:
     L.seed_everything(cfg.seed, verbose=False)
     datamodule = instantiate(cfg.data)
     # Identical initial weights: same seed, same construction.
-    model = instantiate_model(cfg.model)
+    device = torch.device("cuda" if cfg.trainer.accelerator == "gpu" else "cpu")
+    model = instantiate_model(cfg.model).to(device)
     datamodule.setup("fit")
+    # The training set on the device, as data.loader=device puts it for the stack.
+    datamodule.train_set = TensorDataset(*(t.to(device) for t in datamodule.train_set.tensors))
     loader = datamodule.train_dataloader()
     step_fn = plain_gan_step(model, cfg) if cfg.name == "gan" else plain_classifier_step(model, cfg)
     steps = cfg.trainer.max_steps // STEPS_PER_BATCH.get(cfg.name, 1)
@@ -127,12 +139,12 @@ def run_plain(cfg, warmup: int) -> tuple[float, float, float]:
     while step < steps:
         for batch in loader:
             if step == warmup:
-                start = clocks()
+                start = clocks(device)
             step_fn(*datamodule.on_after_batch_transfer(batch, 0))
             step += 1
             if step == steps:
                 break
-    end = clocks()
+    end = clocks(device)
     wall, cpu = end[0] - start[0], end[1] - start[1]
     return wall, cpu, (end[0] - t0) - wall
 
@@ -191,12 +203,13 @@ def worker(
     batch_size: int,
     overrides: list[str],
     threads: int | None = None,
+    device: str = "cpu",
 ) -> None:
     """One timed run in this process; prints its (wall, cpu, start-up) seconds as JSON."""
     if threads:
         torch.set_num_threads(threads)
     with TemporaryDirectory() as tmp:
-        cfg = bench_config(Path(tmp), steps, batch_size, overrides, project)
+        cfg = bench_config(Path(tmp), steps, batch_size, overrides, project, device)
         result = {"plain": run_plain, "lightning": run_lightning}[path](cfg, warmup)
     print("RESULT " + json.dumps(result))
 
@@ -226,6 +239,8 @@ def spawn(path: str, args) -> tuple[float, float, float]:
         "--batch-size",
         str(args.batch_size),
         *(["--threads", str(args.threads)] if args.threads else []),
+        "--device",
+        args.device,
         *args.overrides,
     ]
     return tuple(run_worker(command, f"benchmark run failed ({path})"))
@@ -246,6 +261,7 @@ def main() -> None:
         action="store_true",
         help="the per-step cost of the stack: width 4, batch 8, 1 thread, 1060 steps",
     )
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--worker", choices=["plain", "lightning"], help=argparse.SUPPRESS)
     parser.add_argument(
         "overrides", nargs="*", help="Hydra overrides for both paths, e.g. model.net.width=64"
@@ -260,6 +276,7 @@ def main() -> None:
             args.batch_size,
             args.overrides,
             args.threads,
+            args.device,
         )
         return
     if args.overhead:  # host work dominates: what the stack adds per step shows
@@ -285,6 +302,7 @@ def main() -> None:
         f"\n{what}, batch {args.batch_size}, {timed} timed steps after {args.warmup} warm-up,"
         f" {args.threads or torch.get_num_threads()} threads, medians of {args.rounds} rounds"
         + (", width 4 (host overhead)" if args.overhead else "")
+        + (f", on {torch.cuda.get_device_name()}" if args.device == "cuda" else "")
     )
     print(f"{'path':<24}{'samples/s':>11}{'ms/step':>9}{'CPU ms/step':>13}{'start-up s':>12}")
     for name, label in (("plain", "plain PyTorch loop"), ("lightning", "make train stack")):
