@@ -58,3 +58,20 @@ def test_optimizer_and_scheduler_options(config, choice):
     cfg = config("project=mnist", choice, "debug=fdr", "data.synthetic=true")
     check_types(cfg)
     assert "train/loss" in train(cfg)
+
+
+@pytest.mark.slow  # inductor compiles forward and backward: ~20 s even for a 1-block ViT
+def test_a_compiled_vit_trains_and_saves_plain_weights(config, tmp_path):
+    import torch
+
+    small = ["model.net.embed_dim=32", "model.net.depth=1", "model.net.num_heads=2"]
+    cfg = offline(config("project=vit", "model.compile=true", "debug=fdr", *small))
+    cfg.data.batch_size = 16
+    cfg.trainer.fast_dev_run = False  # fast_dev_run saves no checkpoint
+    cfg.trainer.max_steps, cfg.trainer.limit_val_batches, cfg.trainer.limit_test_batches = 2, 1, 1
+    torch._dynamo.reset()
+    assert "test/acc" in train(cfg)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # it did compile
+    (ckpt,) = tmp_path.rglob("last.ckpt")
+    keys = torch.load(ckpt, weights_only=True)["state_dict"]
+    assert "net.head.weight" in keys and not any("_orig_mod" in k for k in keys)

@@ -1,4 +1,4 @@
-"""CIFAR-10 classifier: channels-last convolutions, test-time augmentation, an optional compile."""
+"""CIFAR-10 classifier: channels-last convolutions and test-time augmentation."""
 
 import torch
 import torch.nn.functional as F
@@ -35,8 +35,7 @@ class CIFARClassifier(ImageClassifier):
     `make predict`), plus:
 
     - channels-last memory layout: NHWC is what tensor-core convolutions want;
-    - `tta`: test-time augmentation for validation and test ("none", "flip", "flip_translate");
-    - `compile`: torch.compile the net (minutes of compiling first; pays off on long GPU runs).
+    - `tta`: test-time augmentation for validation and test ("none", "flip", "flip_translate").
     """
 
     def __init__(
@@ -50,20 +49,16 @@ class CIFARClassifier(ImageClassifier):
         tta: str = "none",
         compile: bool = False,
     ):
-        super().__init__(net, num_classes, optimizer, scheduler, label_smoothing)
+        super().__init__(net, num_classes, optimizer, scheduler, label_smoothing, compile)
         if tta not in TTA:
             raise ValueError(f"model.tta={tta!r} is not one of {', '.join(TTA)}")
         self.channels_last = channels_last
         self.tta = tta
-        self.compile_net = compile
 
     def setup(self, stage: str) -> None:
-        super().setup(stage)
-        if self.channels_last:
+        if self.channels_last:  # before the compile (Classifier.setup) sees the net
             self.net = self.net.to(memory_format=torch.channels_last)
-        if self.compile_net:
-            # In place (nn.Module.compile), so state_dict keys and checkpoints stay the same.
-            self.net.compile()
+        super().setup(stage)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
