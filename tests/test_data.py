@@ -367,3 +367,19 @@ def test_alternating_flips_mirror_each_image_in_every_other_epoch(tmp_path):
     assert torch.equal(mirrored[2], mirrored[0])
     with pytest.raises(UserError, match="data.flip='sometimes'"):
         CIFAR10DataModule(str(tmp_path), synthetic=True, flip="sometimes")
+
+
+@pytest.mark.parametrize("loader", ["device", "dataloader"])
+def test_drop_last_drops_the_short_training_batch_only(tmp_path, loader):
+    dm = MNISTDataModule(
+        str(tmp_path),
+        synthetic=True,
+        synthetic_size=(100, 50),
+        val_size=10,
+        batch_size=32,
+        loader=loader,
+        drop_last=True,
+    )
+    dm.setup("fit")
+    assert [len(y) for _, y in dm.train_dataloader()] == [32, 32]  # 90 images: 26 left out
+    assert sum(len(y) for _, y in dm.val_dataloader()) == 10

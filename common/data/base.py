@@ -119,6 +119,7 @@ class DataModule(L.LightningDataModule):
         synthetic: bool = False,
         download: bool = True,
         seed: int = 42,
+        drop_last: bool = False,
     ):
         super().__init__()
         loader = loader or self.loaders[0]
@@ -138,6 +139,7 @@ class DataModule(L.LightningDataModule):
         self.synthetic = synthetic
         self.download = download
         self.seed = seed
+        self.drop_last = drop_last  # training batches: no smaller last batch
         self.batch_size_per_device = batch_size
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
@@ -296,6 +298,7 @@ class DataModule(L.LightningDataModule):
             seed=self.seed,
             rank=rank,
             world_size=world,
+            drop_last=train and self.drop_last,
             make_batch=getattr(dataset, "batch", None),
         )
 
@@ -310,6 +313,7 @@ class DataModule(L.LightningDataModule):
                 batch_size=self.batch_size_per_device,
                 shuffle=train,
                 sampler=None if train else sampler,
+                drop_last=train and self.drop_last,
             )
         return DataLoader(
             dataset,
