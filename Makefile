@@ -63,7 +63,7 @@ test: $(PY) ## The quick loop: every tier but the slow tests (minutes on 2 CPU c
 test-all: $(PY) ## Every test, the slow ones included: what CI runs
 	$(PY) -m pytest $(ARGS)
 
-bench: $(PY) ## Benchmarks: make-train stack vs plain loop (ARGS go to it) and its per-step overhead, tensor loader vs DataLoader, audio features, RL env steps/s, export parity and ORT vs eager, int8 paths, swish variants (C++ op), detection box logic
+bench: $(PY) ## Benchmarks: make-train stack vs plain loop (ARGS go to it) and its per-step overhead, tensor loader vs DataLoader, audio features, RL env steps/s, export parity and ORT vs eager, int8 paths, swish variants (C++ op), detection box logic, CPU precision and threads, ViT step
 	$(PY) -m benchmarks.stack $(ARGS)
 	$(PY) -m benchmarks.stack --overhead
 	$(PY) -m benchmarks.loaders
@@ -73,6 +73,8 @@ bench: $(PY) ## Benchmarks: make-train stack vs plain loop (ARGS go to it) and i
 	$(PY) -m benchmarks.quantize
 	$(PY) -m benchmarks.extensions
 	$(PY) -m benchmarks.detection
+	$(PY) -m benchmarks.cpu_defaults
+	$(PY) -m benchmarks.vit
 
 bench-serve: $(PY) ## Load test of make serve on 127.0.0.1: req/s, p50/p95/p99 ms, errors; torch vs onnx, batching off and on
 	$(PY) -m benchmarks.serve $(ARGS)

@@ -128,3 +128,25 @@ def test_detection_benchmark_times_the_box_logic():
         "postprocess, every cell",
     ):
         assert re.search(rf"^{re.escape(row)}.*\d+\.\d+ ms$", result.stdout, re.M), result.stdout
+
+
+def test_cpu_defaults_benchmark_times_precisions_and_threads():
+    quick = ["--batch", "4", "--seconds", "0.05"]
+    result = run(sys.executable, "-m", "benchmarks.cpu_defaults", *quick)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "held to AVX2" in result.stdout
+    # Without bf16 instructions the rule picks fp32, whatever this machine has.
+    assert re.search(r"^\s+trainer.precision=bf16-mixed becomes 32-true$", result.stdout, re.M)
+    rows = re.findall(
+        r"^mnist.*(?:nothing|busy)\s+\d+\.\d+\s+\d+\.\d+\s+\d+\.\d+x$", result.stdout, re.M
+    )
+    assert len(rows) == 4, result.stdout
+
+
+def test_vit_benchmark_counts_flops_and_names_the_attention_kernel():
+    result = run(sys.executable, "-m", "benchmarks.vit", "--batch", "4", "--steps", "1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(r"^one step: \d+\.\d GFLOP", result.stdout, re.M), result.stdout
+    for row in ("eager, AdamW default", "eager, AdamW fused"):
+        assert re.search(rf"^{row}\s+\d+\.\d", result.stdout, re.M), result.stdout
+    assert re.search(r"^attention kernel: aten::_scaled_dot_product_\w+", result.stdout, re.M)
