@@ -71,7 +71,8 @@ def attention_kernels(step) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=None, help="default: 512 on GPU, 64 on CPU")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per row (after 2)")
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per path and round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds; medians over all steps")
     parser.add_argument("--compile", action="store_true", help="also time the compiled net")
     parser.add_argument("--size", default="tiny", help="model/vit_size preset")
     args = parser.parse_args()
@@ -103,46 +104,61 @@ def main() -> None:
     net.zero_grad(set_to_none=True)
     peak = get_available_flops(device, dtype or torch.float32)
 
-    rows = []
-
-    def row(label: str, model, fused: bool, first_steps: int = 2) -> float:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused or None)
-        step = make_step(model, optimizer, inputs, labels, dtype)
+    # Each path times `steps` steps in every round, the paths taking turns: drift in the
+    # machine's speed hits all alike. The compiled net shares the eager net's parameters.
+    paths = {
+        "eager, AdamW default": (net, False),
+        "eager, AdamW fused": (net, True),
+        **({"compiled, AdamW fused": (torch.compile(net), True)} if args.compile else {}),
+    }
+    steps, optimizers, firsts = {}, {}, {}
+    for label, (model, fused) in paths.items():
+        optimizers[label] = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=fused or None)
+        steps[label] = make_step(model, optimizers[label], inputs, labels, dtype)
         start = time.perf_counter()
-        for _ in range(first_steps):  # warm-up (and, compiled, the compile)
-            step()
+        for _ in range(2):  # warm-up (compiled: the compile)
+            steps[label]()
         sync(device)
-        first = time.perf_counter() - start
-        seconds = timed(step, device, args.steps)
-        rows.append((label, seconds, first))
-        return seconds
+        firsts[label] = time.perf_counter() - start
+    times = {label: [] for label in paths}
+    for _ in range(args.rounds):
+        for label, step in steps.items():
+            times[label] += [timed(step, device, 1) for _ in range(args.steps)]
+    rows = [(label, statistics.median(t)) for label, t in times.items()]
+    seconds = dict(rows)
+    eager = seconds["eager, AdamW default"]
 
-    eager = row("eager, AdamW default", net, fused=False)
-    fused = row("eager, AdamW fused", net, fused=True)
+    # The optimizer alone, on the gradients of one backward.
+    F.cross_entropy(net(inputs), labels).backward()
+    alone = {
+        label: timed(optimizers[label].step, device, args.steps)
+        for label in ("eager, AdamW default", "eager, AdamW fused")
+    }
+    net.zero_grad(set_to_none=True)
     kernels = attention_kernels(
         make_step(net, torch.optim.SGD(net.parameters()), inputs, labels, dtype)
     )
     if args.compile:
-        compiled = torch.compile(net)
-        fused_compiled = row("compiled, AdamW fused", compiled, fused=True)
-        compile_s = rows[-1][2] - 2 * fused_compiled
-        gain = fused - fused_compiled
+        compiled, fused = seconds["compiled, AdamW fused"], seconds["eager, AdamW fused"]
+        compile_s = firsts["compiled, AdamW fused"] - 2 * compiled
+        gain = fused - compiled
         payback = f"{compile_s / gain:,.0f} steps" if gain > 0 else "never (no faster)"
 
     print(f"augmentation of one batch: {1000 * augment:.1f} ms ({batch / augment:,.0f} samples/s)")
     print(f"one step: {flops / 1e9:.1f} GFLOP ({flops / batch / 1e9:.2f} per sample, fwd + bwd)")
     print(f"{'path':28s} {'ms/step':>9s} {'samples/s':>10s} {'TFLOP/s':>8s} {'MFU':>6s}")
-    for label, seconds, _ in rows:
-        achieved = flops / seconds
+    for label, took in rows:
+        achieved = flops / took
         mfu = f"{achieved / peak:.1%}" if peak else "n/a"
         print(
-            f"{label:28s} {1000 * seconds:9.1f} {batch / seconds:10,.0f} "
-            f"{achieved / 1e12:8.2f} {mfu:>6s}"
+            f"{label:28s} {1000 * took:9.1f} {batch / took:10,.0f} {achieved / 1e12:8.2f} {mfu:>6s}"
         )
+    default_ms, fused_ms = (1000 * t for t in alone.values())
+    print(f"AdamW step alone: {default_ms:.1f} ms default, {fused_ms:.1f} ms fused")
     if not peak:
         print("MFU: n/a (Lightning knows no peak FLOP/s for this device)")
     if args.compile:
-        print(f"compile: {compile_s:.1f} s, paid back after {payback}")
+        print(f"compile: {compile_s:.1f} s, paid back (against eager fused) after {payback}")
     print(f"step with augmentation: augmentation is {augment / (augment + eager):.0%} of it")
     print(f"attention kernel: {', '.join(kernels) or 'none found'}")
 
