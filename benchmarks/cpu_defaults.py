@@ -6,7 +6,7 @@
    64) and of the mnist ConvNet (batch 128) in fp32 and under bf16 autocast, on this CPU as it
    is and with oneDNN and ATen held to AVX2 (`ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2`: a CPU without bf16
    instructions, imitated), and what `trainer.precision=bf16-mixed` becomes on each
-   (`common.instantiate.hardware_precision`).
+   (`common.instantiate.settle_precision`).
 2. Threads: the mnist step (width 32, batch 128) and a tiny one (width 4, batch 8) with one
    thread and with torch's default (one per core), alone and beside one busy process (a Python
    loop spinning on one core: another job on a shared machine).
@@ -75,8 +75,8 @@ def measure(args: list[str], env: dict | None = None) -> float:
 
 def chosen(env: dict) -> str:
     code = (
-        "from common.instantiate import cpu_bf16_feature as f; "
-        "print('bf16-mixed (' + f() + ')' if f() else '32-true')"
+        "from common.instantiate import native_bf16; n = native_bf16('cpu'); "
+        "print(f'bf16-mixed ({n})' if n else '32-true')"
     )
     done = subprocess.run(
         [sys.executable, "-c", code],

@@ -13,9 +13,14 @@ What each timer holds:
   TTA evaluation; not its per-epoch untimed evaluation, data loading, or `torch.compile`
   (its warm-up run on random labels pays that).
 - ours: "training took" (`SpeedrunClassifier.on_train_start` to `on_train_end`, synchronized):
-  the 8 epochs and the end-of-training validation with TTA; not start-up, data decoding, or
-  the whitening init (in `setup`). One untimed run first warms the caches (cuDNN autotuning,
-  compiled kernels on disk), as the reference's warm-up run does.
+  the 8 epochs, the end-of-training validation with TTA, and the checkpoint writes; not
+  start-up, data decoding, the whitening init (in `setup`), or the recipe's untimed warm-up
+  steps on random images (`model.warmup_steps`: cuDNN autotuning and a compile happen there,
+  in each process, as the reference's warm-up run pays them). One whole run goes first,
+  reported apart (a machine's first run also fills disk caches: decoded images, compiled
+  kernels).
+Our runs differ in `seed` (initial weights, crops); the split, the batch order and the flips
+follow `data.seed=0` in all of them. The reference's runs differ in everything but the split.
 
 Prints both, the median time ratio and the mean accuracies, and writes the summary to `--out`.
 """

@@ -48,22 +48,43 @@ def instantiate_loggers(cfg: DictConfig) -> list[Logger]:
 
 
 BF16 = ("bf16-mixed", "bf16-true", "bf16")
-# oneDNN's own ISA cap (ONEDNN_MAX_CPU_ISA): the values at or above its first bf16 instructions.
-ONEDNN_BF16_ISAS = ("ALL", "DEFAULT", "AVX512_CORE_BF16", "AVX10_1_512", "AVX512_CORE_AMX")
+# oneDNN's ISA cap (ONEDNN_MAX_CPU_ISA) values below its first bf16 instructions.
+ONEDNN_NO_BF16 = (
+    "SSE41",
+    "AVX",
+    "AVX2",
+    "AVX2_VNNI",
+    "AVX2_VNNI_2",
+    "AVX512_CORE",
+    "AVX512_CORE_VNNI",
+)
+CPUINFO = Path("/proc/cpuinfo")
+_said: set[str] = set()
 
 
 def cpu_bf16_feature() -> str | None:
     """The CPU feature that computes bf16 natively, as Linux names it (x86 `avx512_bf16` or
     `amx_bf16`, Arm `bf16`); None without one, or when it cannot be read (not Linux)."""
-    limit = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
-    if not limit.startswith(ONEDNN_BF16_ISAS):  # oneDNN was told not to use them
-        return None
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in ONEDNN_NO_BF16:
+        return None  # oneDNN was told not to use them
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        words = set(CPUINFO.read_text().split())
     except OSError:
         return None
-    words = set(text.split())
     return next((f for f in ("amx_bf16", "avx512_bf16", "bf16") if f in words), None)
+
+
+def native_bf16(device: str) -> str | None:
+    """What computes bf16 natively on `device` ("cpu" or "cuda": a CPU feature, or the GPU's
+    compute capability); None when nothing does. Other devices: "unknown", left alone."""
+    if device == "cpu":
+        return cpu_bf16_feature()
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            return "unknown"  # building the Trainer will say there is no GPU
+        major, minor = torch.cuda.get_device_capability()
+        return f"compute capability {major}.{minor}" if major >= 8 else None
+    return "unknown"
 
 
 def trainer_device(accelerator: str) -> str:
@@ -75,45 +96,55 @@ def trainer_device(accelerator: str) -> str:
     return "cpu" if accelerator in ("cpu", "auto") else accelerator
 
 
-def hardware_precision(cfg: DictConfig) -> str | None:
-    """The precision to train in when `trainer.precision` asks for bf16: bf16 where the device
-    computes it natively, else 32-true, with one line saying which (None: leave it as it is).
+def _say_once(message: str) -> None:
+    if message not in _said:  # train() settles the precision, then builds the Trainer
+        _said.add(message)
+        rank_zero_info(message)
 
-    Without native bf16, autocast emulates it: a CPU limited to AVX2 ran the speed recipe's
-    step 15x slower in bf16 than in fp32 (README, "Speed"). `precision_follows_hardware=false`
-    keeps bf16 anyway (to study its numerics, say).
+
+def settle_precision(cfg: DictConfig) -> None:
+    """A bf16 `trainer.precision` stays where the device computes bf16 natively and becomes
+    32-true elsewhere, in `cfg` itself (so the saved config and checkpoint say what ran), with
+    one line saying which.
+
+    Without native bf16, autocast emulates it: 7.7-17x slower than fp32 on a CPU held to AVX2
+    (README, "Speed"). `precision_follows_hardware=false` keeps bf16 anyway (to study its
+    numerics, say). Fork-based DDP strategies are left alone: asking CUDA would initialize it
+    in the parent process, which they refuse.
     """
     asked = str(cfg.trainer.get("precision"))
+    strategy = str(cfg.trainer.get("strategy", ""))
     if asked not in BF16 or not cfg.get("precision_follows_hardware", True):
-        return None
+        return
+    if "fork" in strategy or "notebook" in strategy:
+        return
     device = trainer_device(str(cfg.trainer.get("accelerator", "auto")))
-    keep = "(precision_follows_hardware=false keeps bf16)"
-    if device == "cpu":
-        feature = cpu_bf16_feature()
-        if feature:
-            rank_zero_info(f"precision: {asked} (this CPU computes bf16 natively: {feature})")
-            return None
-        rank_zero_info(
-            f"precision: 32-true, not {asked}: this CPU has no native bf16 (avx512_bf16, "
-            f"amx_bf16 or Arm bf16), where bf16 runs several times slower than fp32 {keep}"
-        )
-        return "32-true"
-    if device == "cuda" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported(False):
-        rank_zero_info(
-            f"precision: 32-true, not {asked}: this GPU has no native bf16 (compute capability "
-            f"8.0 and newer has it); trainer.precision=16-mixed uses its fp16 units {keep}"
-        )
-        return "32-true"
-    return None
+    native = native_bf16(device)
+    if native == "unknown":
+        return
+    if native:
+        name = "CPU" if device == "cpu" else "GPU"
+        _say_once(f"precision: {asked} (this {name} computes bf16 natively: {native})")
+        return
+    what = (
+        "CPU has no native bf16 (avx512_bf16, amx_bf16 or Arm bf16), where bf16 runs several "
+        "times slower than fp32"
+        if device == "cpu"
+        else "GPU has no native bf16 (compute capability 8.0 and newer has it); "
+        "trainer.precision=16-mixed uses its fp16 units"
+    )
+    _say_once(
+        f"precision: 32-true, not {asked}: this {what} (precision_follows_hardware=false "
+        "keeps bf16)"
+    )
+    cfg.trainer.precision = "32-true"
 
 
 def instantiate_trainer(cfg: DictConfig, **kwargs) -> L.Trainer:
     """The Trainer, its checkpoints carrying a sha256 of their contents that every load checks
     (`common.integrity`), in bf16 only where the device computes it natively
-    (`hardware_precision`); asking for hardware this machine lacks is a user error."""
-    precision = hardware_precision(cfg)
-    if precision is not None:
-        kwargs["precision"] = precision
+    (`settle_precision`); asking for hardware this machine lacks is a user error."""
+    settle_precision(cfg)
     given = cfg.trainer.get("plugins")
     given = [] if given is None else given if isinstance(given, ListConfig) else [given]
     plugins = [instantiate(p) for p in given]

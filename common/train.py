@@ -5,6 +5,7 @@ checkpoint, and return the monitored score so Hydra sweepers can optimize it.
 """
 
 import json
+import os
 from pathlib import Path
 
 import lightning as L
@@ -26,6 +27,7 @@ from common.instantiate import (
     instantiate_model,
     instantiate_trainer,
     print_config_tree,
+    settle_precision,
 )
 from common.runs import (
     load_checkpoint,
@@ -56,11 +58,14 @@ def check_sweep_strategy(cfg: DictConfig) -> None:
 
 
 def set_threads(threads) -> None:
-    """`threads=<n>`: torch's intra-op threads for this process; null keeps torch's default."""
-    if threads is None:
+    """`threads=<n>`: torch's intra-op threads for this process and the DDP processes it
+    starts (Lightning's launchers set cores / processes unless OMP_NUM_THREADS is set); null
+    or 0 keeps torch's default, one per core."""
+    if threads is None or threads == 0:
         return
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise UserError(f"threads={threads!r}: give a number >= 1, or null for one per core")
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+        raise UserError(f"threads={threads!r}: give a number of threads, or null for one per core")
+    os.environ["OMP_NUM_THREADS"] = str(threads)
     torch.set_num_threads(threads)
 
 
@@ -75,6 +80,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         raise UserError(f"test_ckpt={which!r} is not one of best, last")
     check_sweep_strategy(cfg)
     set_threads(cfg.get("threads"))
+    settle_precision(cfg)  # before the config is saved: it says what ran
     L.seed_everything(cfg.seed, workers=True)
     if cfg.get("print_config"):
         print_config_tree(cfg)

@@ -1,5 +1,7 @@
 """Tier 0 (configs): every option of every config group composes, and what it describes instantiates."""
 
+import os
+
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -299,37 +301,64 @@ def test_more_gpus_than_the_machine_has_is_one_readable_error(tmp_path, project)
     ("feature", "follow", "expected"),
     [("avx512_bf16", True, "bf16-mixed"), (None, True, "32-true"), (None, False, "bf16-mixed")],
 )
-def test_bf16_only_where_the_cpu_computes_it(tmp_path, monkeypatch, caplog, feature, follow, expected):
-    # The speed recipe's bf16 on a CPU without bf16 instructions: 15x slower than fp32.
-    monkeypatch.setattr("common.instantiate.cpu_bf16_feature", lambda: feature)
+def test_bf16_only_where_the_cpu_computes_it(
+    tmp_path, monkeypatch, caplog, feature, follow, expected
+):
+    # The speed recipe's bf16 on a CPU without bf16 instructions: 17x slower than fp32.
+    from common import instantiate as module
+
+    monkeypatch.setattr(module, "cpu_bf16_feature", lambda: feature)
+    monkeypatch.setattr(module, "_said", set())
     overrides = ["trainer=cpu", "trainer.precision=bf16-mixed"]
     cfg = make_config(tmp_path, [*overrides, f"precision_follows_hardware={follow}"])
     with caplog.at_level("INFO"):
         assert instantiate_trainer(cfg).precision == expected
+        instantiate_trainer(cfg)  # a second Trainer (train, then test): no second line
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("precision:")]
     assert len(said) == int(follow)  # one line saying which, unless told to keep bf16
     if follow:
         assert said[0].startswith(f"precision: {expected}")
+    assert cfg.trainer.precision == expected  # what the run directory's config.yaml records
 
 
-def test_an_isa_capped_onednn_has_no_native_bf16(monkeypatch):
-    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # how this machine imitates an AVX2 one
-    from common.instantiate import cpu_bf16_feature
+@pytest.mark.parametrize(
+    ("isa", "flags", "found"),
+    [
+        (None, "fpu sse avx2 avx512f avx512_bf16 amx_tile", "avx512_bf16"),
+        (None, "fpu sse avx2 avx512f amx_bf16 avx512_bf16", "amx_bf16"),
+        (None, "fp asimd bf16 i8mm", "bf16"),  # an Arm CPU's Features line
+        (None, "fpu sse avx2 fma", None),
+        ("AVX2", "fpu avx2 avx512f avx512_bf16", None),  # how this machine imitates an AVX2 CPU
+        ("AVX512_CORE_AMX", "fpu avx512f avx512_bf16", "avx512_bf16"),
+    ],
+)
+def test_the_cpus_bf16_feature_is_read_from_its_flags(tmp_path, monkeypatch, isa, flags, found):
+    from common import instantiate as module
 
-    assert cpu_bf16_feature() is None
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    monkeypatch.setattr(module, "CPUINFO", cpuinfo)
+    if isa:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa)
+    else:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    assert module.cpu_bf16_feature() == found
 
 
-def test_threads_sets_torchs_pool_and_refuses_nonsense():
+def test_threads_sets_torchs_pool_and_refuses_nonsense(monkeypatch):
     from common.train import set_threads
 
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")  # restored, whatever set_threads writes
     before = torch.get_num_threads()
     try:
         set_threads(1)
         assert torch.get_num_threads() == 1
+        # What Lightning's DDP launchers read instead of setting cores / processes themselves.
+        assert os.environ["OMP_NUM_THREADS"] == "1"
         set_threads(None)  # torch's default stays as it is
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
-    for bad in (0, -2, "many", True):
+    for bad in (-2, "many", True, 1.5):
         with pytest.raises(UserError, match="threads="):
             set_threads(bad)

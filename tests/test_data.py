@@ -365,6 +365,10 @@ def test_alternating_flips_mirror_each_image_in_every_other_epoch(tmp_path):
     assert 0.35 < mirrored[0].float().mean() < 0.65  # about half start mirrored
     assert torch.equal(mirrored[1], ~mirrored[0])  # and swap sides each epoch
     assert torch.equal(mirrored[2], mirrored[0])
+    # The epoch comes from the trainer, as Lightning hands batches over while training.
+    dm.trainer = SimpleNamespace(training=True, current_epoch=1)
+    images, _ = dm.on_after_batch_transfer((x, torch.zeros(len(x))), 0)
+    assert torch.equal((images != plain).flatten(1).any(1), mirrored[1])
     with pytest.raises(UserError, match="data.flip='sometimes'"):
         CIFAR10DataModule(str(tmp_path), synthetic=True, flip="sometimes")
 

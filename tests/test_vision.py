@@ -175,6 +175,32 @@ def test_speedrun_learns_synthetic_images(config):
     assert train(cfg)["test/acc"] > 0.6
 
 
+def test_the_speedrun_warm_up_changes_nothing_it_trains(config, caplog):
+    # Untimed steps before the timer (cuDNN autotuning, a compile): the run that follows is the
+    # one it would have been without them, to the last bit on a CPU.
+    def run(steps: int) -> dict:
+        return train(
+            config(
+                "project=cifar10",
+                "experiment=cifar10_speedrun",
+                *LEARN,
+                "trainer.precision=32-true",
+                "model.net.widths=[8,16,16]",
+                "data.batch_size=100",
+                "trainer.max_steps=3",
+                "data.synthetic_size=[600,100]",
+                "data.val_size=100",
+                f"model.warmup_steps={steps}",
+            )
+        )
+
+    with caplog.at_level("INFO"):
+        warmed = run(2)
+    assert "after 2 untimed warm-up steps" in caplog.text
+    cold = run(0)
+    assert warmed["test/loss"] == cold["test/loss"]
+
+
 def test_vit_learns_synthetic_images(config):
     cfg = config(
         "project=vit",

@@ -206,7 +206,11 @@ class TextDataModule(DataModule):
             # like this run) and keeps the bucketing: each rank buckets its own shard.
             sampler = EpochRandomSampler(dataset, seed=self.seed)
             batches = BucketBatchSampler(
-                sampler, self.batch_size_per_device, lengths=dataset.lengths, seed=self.seed
+                sampler,
+                self.batch_size_per_device,
+                drop_last=self.drop_last,
+                lengths=dataset.lengths,
+                seed=self.seed,
             )
             return self.dataloader(dataset, train, batch_sampler=batches)
         return self.dataloader(dataset, train)

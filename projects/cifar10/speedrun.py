@@ -28,7 +28,8 @@ class SpeedrunClassifier(CIFARClassifier):
     batch, as in airbench, so the SGD learning rates are per sample; Muon normalizes its update
     and does not care. `weight_decay` is the SGD groups' decay per step at their initial rates
     (passed as weight_decay / lr, as airbench does). The whitening bias learns for the first
-    `whiten_bias_epochs` only (its rate decays to zero by then).
+    `whiten_bias_epochs` only (its rate decays to zero by then). `warmup_steps` untimed steps
+    on random images run before the timer starts (`warm_up`).
     """
 
     def __init__(
@@ -42,12 +43,15 @@ class SpeedrunClassifier(CIFARClassifier):
         weight_decay: float = 0.004,
         whiten_bias_epochs: int = 3,
         whiten_samples: int = 5000,
+        warmup_steps: int = 2,
         **kwargs,
     ):
         super().__init__(net, num_classes, optimizer, None, label_smoothing, **kwargs)
         self.bias_lr, self.head_lr, self.weight_decay = bias_lr, head_lr, weight_decay
         self.whiten_bias_epochs = whiten_bias_epochs
         self.whiten_samples = whiten_samples
+        self.warmup_steps = warmup_steps
+        self.warmed_up = 0  # the warm-up steps taken before the timer
         self.fit_seconds = float("nan")
 
     def setup(self, stage: str) -> None:
@@ -113,7 +117,36 @@ class SpeedrunClassifier(CIFARClassifier):
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
 
+    def warm_up(self) -> None:
+        """`warmup_steps` forward/backward passes on random images of the training batch's
+        shape, and one evaluation pass with test-time augmentation, then the weights, BatchNorm
+        statistics and gradients put back as they were: cuDNN's autotuning (trainer.benchmark)
+        and a compile (model.compile) happen here, before the timer, as airbench94_muon's
+        warm-up run pays them before its timed runs. Skipped under DDP (a backward outside
+        DDP's forward would upset its gradient hooks)."""
+        if not self.warmup_steps or self.trainer.world_size > 1:
+            return
+        spec, plugin = self.data_spec, self.trainer.precision_plugin
+        b = self.trainer.datamodule.batch_size_per_device
+        gen = torch.Generator(self.device).manual_seed(0)  # leaves the global RNG alone
+        shape = (b, spec.in_chans, spec.image_size, spec.image_size)
+        x = torch.randn(shape, generator=gen, device=self.device)
+        y = torch.randint(0, self.hparams.num_classes, (b,), generator=gen, device=self.device)
+        saved = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+        for _ in range(self.warmup_steps):
+            with plugin.train_step_context():
+                loss = F.cross_entropy(self(x), y, reduction="sum")
+            loss.backward()
+        self.net.eval()
+        with torch.no_grad(), plugin.val_step_context():
+            self.eval_logits(x)
+        self.net.train()
+        self.net.load_state_dict(saved)
+        self.net.zero_grad(set_to_none=True)
+        self.warmed_up = self.warmup_steps
+
     def on_train_start(self):
+        self.warm_up()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self._start = time.perf_counter()
@@ -122,4 +155,5 @@ class SpeedrunClassifier(CIFARClassifier):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.fit_seconds = time.perf_counter() - self._start
-        rank_zero_info(f"training took {self.fit_seconds:.2f} s (validation included)")
+        warm = f", after {self.warmed_up} untimed warm-up steps" if self.warmed_up else ""
+        rank_zero_info(f"training took {self.fit_seconds:.2f} s (validation included{warm})")
