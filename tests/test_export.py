@@ -192,6 +192,7 @@ def test_the_parity_check_on_real_data_needs_the_data(tiny_checkpoint, tmp_path)
     )
 
 
+@pytest.mark.slow  # 10 s of lowering; an optional extra, which CI does not install
 @pytest.mark.skipif(edge_missing() is not None, reason="ExecuTorch is not installed (.[edge])")
 def test_executorch_export_runs_back_through_its_runtime_at_every_declared_batch(
     tiny_checkpoint, tmp_path
