@@ -35,8 +35,9 @@ class TemplateModule(L.LightningModule):
 
     def logs_this_step(self) -> bool:
         """Whether the loggers write this training step's on-step metrics: every
-        `trainer.log_every_n_steps`-th optimizer step, as Lightning counts them (automatic
-        optimization). A `self.log` costs ~1 ms of host time on every call (Lightning moves its
+        `trainer.log_every_n_steps`-th step, as Lightning counts them for its loggers (optimizer
+        steps under automatic optimization; batches under manual, however many optimizer steps
+        each takes). A `self.log` costs ~1 ms of host time on every call (Lightning moves its
         stored result to the value's device), which on a small GPU step is more than the step:
         call it only when the value will be written. Under fast_dev_run every step is written."""
         trainer = self.trainer
@@ -44,10 +45,13 @@ class TemplateModule(L.LightningModule):
             trainer.fast_dev_run
             or trainer.should_stop  # Lightning writes the step a stop was asked at
             or trainer.log_every_n_steps <= 1
-            or not self.automatic_optimization
         ):
-            return True  # (manual optimization counts steps its own way: log every batch)
-        return (self.global_step + 1) % trainer.log_every_n_steps == 0
+            return True
+        if self.automatic_optimization:
+            step = self.global_step
+        else:  # the GAN takes two optimizer steps a batch; its loggers count the batch once
+            step = trainer.fit_loop.epoch_loop.total_batch_idx
+        return (step + 1) % trainer.log_every_n_steps == 0
 
     def use_data(self, spec: DataSpec) -> None:
         """Receive what the model may know about its data."""

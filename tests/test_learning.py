@@ -99,3 +99,29 @@ def test_step_metrics_are_logged_on_the_steps_the_loggers_write(config):
     assert list(logged) == [2, 5, 8]
     for step, value in logged.items():  # that step's own loss, not an older one left over
         assert value == pytest.approx(RecordLosses.losses[step], rel=1e-6)
+
+
+def test_manual_optimization_logs_on_the_batches_the_loggers_write(config):
+    """The GAN takes two optimizer steps a batch; Lightning's loggers count the batch once. A
+    run writing every 3rd batch must hold exactly those rows of a run that writes every one."""
+
+    def logged(every: int) -> dict[int, float]:
+        cfg = config(
+            "project=gan",
+            "data.synthetic=true",
+            "logger=csv",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=7",
+            "trainer.limit_val_batches=1",
+            f"trainer.log_every_n_steps={every}",
+            "test=false",
+            "data.batch_size=16",
+        )
+        train(cfg)
+        (metrics,) = Path(cfg.paths.output_dir).rglob("metrics.csv")
+        rows = csv.DictReader(metrics.open())
+        return {int(r["step"]): float(r["train/loss_d"]) for r in rows if r.get("train/loss_d")}
+
+    every_batch, every_third = logged(1), logged(3)
+    assert list(every_third) == [2, 5]
+    assert all(every_third[s] == every_batch[s] for s in every_third)  # the same seed, same run
