@@ -17,7 +17,8 @@
 # 3. detection (synthetic shapes), 2 epochs, bf16: throughput.
 # 4. benchmarks/stack.py --device cuda: the stack against a plain loop at GPU pace (mnist
 #    batch 128), and --overhead (width 4, batch 8): the per-step cost.
-# 5. `data.loader=device` against the DataLoader paths (benchmarks/loaders.py).
+# 5. torch.profiler summaries of the speed recipe, vit and detection (benchmarks/profile.py).
+# 6. `data.loader=device` against the DataLoader paths (benchmarks/loaders.py).
 # The whole output goes to benchmarks/results/gpu_speedrun_<gpu>.txt (RESULTS=<file> moves it).
 # Environment: LOG=<file> keeps the full output of every run there; EXTRA="<overrides>" is added
 # to every training command (e.g. a CPU dry run: EXTRA="+trainer.limit_train_batches=2").
@@ -56,6 +57,11 @@ python -m common.train project=detection $quiet trainer.max_epochs=2 trainer.pre
 echo "== stack vs plain loop on the GPU"
 python -m benchmarks.stack --device cuda --rounds 3
 python -m benchmarks.stack --device cuda --overhead --rounds 3
+
+echo "== profiles: where a step's time goes (benchmarks/profile.py)"
+python -m benchmarks.profile project=cifar10 experiment=cifar10_speedrun $data $extra
+python -m benchmarks.profile project=vit $data trainer.precision=bf16-mixed $extra
+python -m benchmarks.profile project=detection trainer.precision=bf16-mixed $extra
 
 echo "== loaders"
 python -m benchmarks.loaders --batch-size 512 ${LOADER_SAMPLES:+--samples $LOADER_SAMPLES}

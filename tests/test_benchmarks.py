@@ -150,3 +150,14 @@ def test_vit_benchmark_counts_flops_and_names_the_attention_kernel():
     for row in ("eager, AdamW default", "eager, AdamW fused"):
         assert re.search(rf"^{row}\s+\d+\.\d", result.stdout, re.M), result.stdout
     assert re.search(r"^attention kernel: aten::_scaled_dot_product_\w+", result.stdout, re.M)
+
+
+def test_profile_benchmark_summarizes_a_projects_steps():
+    overrides = ["project=mnist", "data.synthetic=true", "data.batch_size=16"]
+    result = run(
+        sys.executable, "-m", "benchmarks.profile", "--steps", "1", "--warmup", "1", *overrides
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert re.search(r"^1 steps, \d+\.\d ms a step \(wall\); CPU time", result.stdout, re.M)
+    assert re.search(r"^aten::\w+\s+\d+\.\d\d\s+\d+\.\d%$", result.stdout, re.M), result.stdout
+    assert "range data.transform (the batch augmentation)" in result.stdout
