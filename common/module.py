@@ -49,7 +49,7 @@ class TemplateModule(L.LightningModule):
             return True
         if self.automatic_optimization:
             step = self.global_step
-        else:  # the GAN takes two optimizer steps a batch; its loggers count the batch once
+        else:  # several optimizer steps a batch (two optimizers, say): the loggers count one
             step = trainer.fit_loop.epoch_loop.total_batch_idx
         return (step + 1) % trainer.log_every_n_steps == 0
 
