@@ -24,6 +24,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from benchmarks.stack import run_worker
+
 AVX2 = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 
 
@@ -64,13 +66,7 @@ def step_ms(net_name: str, batch: int, bf16: bool, seconds: float, threads: int 
 def measure(args: list[str], env: dict | None = None) -> float:
     """`step_ms` in a fresh process (its own environment: the ISA cap acts at start-up)."""
     command = [sys.executable, "-m", "benchmarks.cpu_defaults", "--worker", *args]
-    done = subprocess.run(
-        command, capture_output=True, text=True, env={**os.environ, **(env or {})}, check=False
-    )
-    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
-    if done.returncode or not lines:
-        sys.exit(f"benchmark worker failed:\n{done.stderr[-2000:]}")
-    return json.loads(lines[-1][len("RESULT ") :])
+    return run_worker(command, "benchmark worker failed", {**os.environ, **(env or {})})
 
 
 def chosen(env: dict) -> str:
